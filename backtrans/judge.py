@@ -1,0 +1,165 @@
+"""Self-curation: turn a judge model's reply into a score, a reason and a status.
+
+distilabel takes the FIRST `Score: (\\d)` match, so `**Score:** 5`, `score: 5`, a score written first, an
+earlier "Score: 2" inside the reasoning, or `Score: 10` (read as 1) all go wrong there. Here the LAST
+score statement wins, markdown and case do not matter, `N/5` and `N out of 5` are understood, and a
+value outside the template's range is a parse error rather than a silent wrong number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from backtrans.llm import Completion, LLMClient, LLMSettings
+from backtrans.store import content_key
+from backtrans.templates import Template, TemplateError
+
+# "Score: 4", "**Score:** **4**", "score - 4/5", "Rating: 4 out of 5", "Score (1-5): 4", "the rating is 4"
+_SCORE_STATEMENT = re.compile(
+    r"\b(?:score|rating)\b(?:\s*\([^)\n]{0,12}\))?[\s*_:=\-]*(?:is|of|was)?[\s*_:=\-]*"
+    r"(?P<value>\d+(?:\.\d+)?)(?!\.\d)(?:\s*(?:/|out\s+of)\s*(?P<scale>\d+))?",
+    re.IGNORECASE,
+)
+# A reply whose last line is only a number: "4", "**4/5**", "4 out of 5."
+_BARE_LAST_LINE = re.compile(
+    r"^[\s*_#>\[\]]*(?P<value>\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<scale>\d+))?[\s*_.\]]*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class ParsedScore:
+    score: int | None
+    reason: str
+    error: str
+    start: int = -1  # character offset of the score's digits in the raw reply, for logprobs
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.score is not None else "parse_error"
+
+
+def _check(value: str, scale: str | None, lo: int, hi: int) -> tuple[int | None, str]:
+    if scale is not None and int(scale) != hi:
+        return None, f"score {value}/{scale} is on another scale than {lo}-{hi}"
+    if "." in value:
+        number = float(value)
+        if not number.is_integer():
+            return None, f"score {value} is not a whole number"
+    score = int(float(value))
+    if not lo <= score <= hi:
+        return None, f"score {score} is outside the range {lo}-{hi}"
+    return score, ""
+
+
+def _reason_without(text: str, start: int, end: int) -> str:
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end == -1 else line_end
+    before = text[:line_start].strip()
+    after = text[line_end:].strip()
+    if before:
+        return before
+    # Score-first replies: the reason is what follows, on the same line or below it.
+    rest_of_line = text[end:line_end].strip(" *_.:-")
+    return "\n".join(part for part in (rest_of_line, after) if part).strip()
+
+
+def parse_score(raw: str | None, lo: int = 1, hi: int = 5) -> ParsedScore:
+    text = (raw or "").strip()
+    if not text:
+        return ParsedScore(None, "", "empty reply")
+    matches = list(_SCORE_STATEMENT.finditer(text))
+    if matches:
+        m = matches[-1]
+        score, error = _check(m.group("value"), m.group("scale"), lo, hi)
+        return ParsedScore(score, _reason_without(text, m.start(), m.end()), error, m.start("value"))
+    last_line_start = text.rfind("\n") + 1
+    m = _BARE_LAST_LINE.match(text, last_line_start)
+    if m:
+        score, error = _check(m.group("value"), m.group("scale"), lo, hi)
+        return ParsedScore(score, text[:last_line_start].strip(), error, m.start("value"))
+    return ParsedScore(None, text, f"no 'Score: N' ({lo}-{hi}) found in the reply")
+
+
+def expected_score(
+    token_logprobs: list[dict] | None, digit_offset: int, lo: int = 1, hi: int = 5
+) -> float | None:
+    """The probability-weighted score at the token that carries the score's first digit.
+
+    `token_logprobs` is the OpenAI `choices[0].logprobs.content` list ({token, logprob, top_logprobs}).
+    Only the alternatives that are digits within the range count; they are renormalised.
+    """
+    if not token_logprobs or digit_offset < 0:
+        return None
+    position = 0
+    for entry in token_logprobs:
+        token = entry.get("token", "")
+        if position + len(token) > digit_offset:
+            return _digit_expectation(entry, lo, hi)
+        position += len(token)
+    return None
+
+
+def _digit_expectation(entry: dict, lo: int, hi: int) -> float | None:
+    alternatives = entry.get("top_logprobs") or [entry]
+    weights: dict[int, float] = {}
+    for alt in alternatives:
+        token = str(alt.get("token", "")).strip()
+        if token.isdigit() and lo <= int(token) <= hi and alt.get("logprob") is not None:
+            weights[int(token)] = weights.get(int(token), 0.0) + math.exp(alt["logprob"])
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    return round(sum(digit * w for digit, w in weights.items()) / total, 4)
+
+
+RESULT_COLUMNS = ("score", "reason", "model_name", "expected_score", "raw_output", "status", "error")
+
+
+class JudgeTask:
+    """Render the judge template for a pair, ask the model, parse its verdict."""
+
+    kind = "judge"
+    output_columns = RESULT_COLUMNS
+
+    def __init__(self, template: Template, settings: LLMSettings):
+        if template.kind != "judge":
+            raise TemplateError(f"template {template.name!r} is a {template.kind} template, not a judge template")
+        self.template = template
+        self.settings = settings
+        self.params = template.generation_params()
+
+    def key(self, row: dict) -> str:
+        return content_key(
+            self.kind, self.template.digest, self.settings.cache_identity(), self.params,
+            row["instruction"], row["generation"],
+        )
+
+    def skip(self, row: dict) -> dict | None:
+        return None
+
+    async def call(self, client: LLMClient, row: dict) -> Completion:
+        prompt = self.template.render(**row)
+        return await client.chat(prompt, **self.params)
+
+    def parse(self, row: dict, completion: Completion) -> dict:
+        lo, hi = self.template.score_min, self.template.score_max
+        parsed = parse_score(completion.text, lo, hi)
+        return {
+            "score": parsed.score,
+            "reason": parsed.reason,
+            "model_name": completion.model or self.settings.model,
+            "expected_score": expected_score(completion.logprobs, parsed.start, lo, hi),
+            "raw_output": completion.text,
+            "status": parsed.status,
+            "error": parsed.error,
+        }
+
+    def failure(self, row: dict, error: str) -> dict:
+        return {
+            "score": None, "reason": "", "model_name": self.settings.model, "expected_score": None,
+            "raw_output": None, "status": "llm_error", "error": error,
+        }

