@@ -1,0 +1,5 @@
+import sys
+
+from backtrans.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""`python -m backtrans ...`: a thin face over the core. Exit 0: every row processed; 2: bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from backtrans.augment import ResponseTask
+from backtrans.export import ExportError, RowWriter, curated, keep, push_to_hub, score_histogram
+from backtrans.judge import JudgeTask
+from backtrans.llm import LLMClient, LLMSettings, redact
+from backtrans.records import PAIR_COLUMNS, RecordsError, iter_rows, parse_mapping
+from backtrans.runner import FileJob
+from backtrans.store import RunStore
+from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError, load_template
+
+DEFAULT_STORE = os.environ.get("BACKTRANS_STORE", "backtrans-runs.sqlite")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None:
+    parser.add_argument("input", nargs="?", help="JSONL, CSV or Parquet file, dataset folder, or Hub dataset id")
+    parser.add_argument("-o", "--output", help="output file; its extension picks the format")
+    parser.add_argument("--template", default=template_default, help="bundled template name or a .jinja2 path")
+    parser.add_argument("--model", help="model name (default: $BACKTRANS_MODEL)")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--rpm", type=float, help="requests per minute limit")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    parser.add_argument("--max-retries", type=int, default=6)
+    parser.add_argument("--map", action="append", default=[], metavar="SOURCE=TARGET",
+                        help="column mapping, e.g. --map prompt=instruction (repeatable)")
+    parser.add_argument("--config", dest="hf_config", help="Hub dataset config")
+    parser.add_argument("--split", help="Hub dataset split")
+    parser.add_argument("--drop-duplicates", action="store_true", help="keep the first of duplicate pairs")
+    parser.add_argument("--store", default=DEFAULT_STORE, help=f"run store (default {DEFAULT_STORE})")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue a run from the store, with its settings")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backtrans", description="Instruction backtranslation: "
+                                     "score, generate, curate and export instruction-tuning data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _llm_options(sub.add_parser("score", help="judge (instruction, generation) pairs"),
+                 os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE))
+    _llm_options(sub.add_parser("generate", help="write responses for instructions that lack one"),
+                 "generate-response")
+
+    curate = sub.add_parser("curate", help="keep the pairs scored at or above a threshold")
+    curate.add_argument("input")
+    curate.add_argument("-o", "--output", required=True)
+    curate.add_argument("--min-score", type=int, default=4, help="4 = the paper's A4 set, 5 = A5")
+
+    export = sub.add_parser("export", help="write a scored or curated file in another format")
+    export.add_argument("input")
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--format", choices=["jsonl", "parquet", "csv", "chat"])
+    export.add_argument("--min-score", type=int, help="export only the kept pairs")
+    export.add_argument("--system-tag", help="chat format: override the paper's seed/augmented system tags")
+    export.add_argument("--push-to-hub", metavar="REPO", help="also upload to a Hub dataset repo (needs HF_TOKEN)")
+
+    runs = sub.add_parser("runs", help="list the runs in a store")
+    runs.add_argument("--store", default=DEFAULT_STORE)
+
+    local = sub.add_parser("local", help="the embedded default: local LLM server")
+    local.add_argument("action", choices=["up", "down", "status", "env"])
+    local.add_argument("--model", help="local model (default: $BACKTRANS_LOCAL_MODEL or smollm2-135m)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> LLMSettings:
+    return LLMSettings.from_env(model=args.model, base_url=args.base_url, concurrency=args.concurrency,
+                                requests_per_minute=args.rpm, timeout_s=args.timeout, max_retries=args.max_retries)
+
+
+def cmd_llm_task(args: argparse.Namespace) -> int:
+    if args.resume:
+        info = RunStore(args.store).run(args.resume)
+        if info is None:
+            raise UsageError(f"no run {args.resume!r} in {args.store}")
+        config = info.config
+        args.input = args.input or config["source"]
+        args.output = args.output or config["output"]
+        args.template = config["template"]
+        args.model = args.model or config["model"]
+        args.base_url = args.base_url or config["base_url"]
+        args.map = args.map or [f"{k}={v}" for k, v in config["mapping"].items()]
+        args.hf_config = args.hf_config or config.get("config")
+        args.split = args.split or config.get("split")
+    if not args.input or not args.output:
+        raise UsageError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
+    settings = _settings(args)
+    template = load_template(args.template)
+    if args.command == "score":
+        task, required, allow_empty = JudgeTask(template, settings), PAIR_COLUMNS, ()
+    else:
+        task, required, allow_empty = ResponseTask(template, settings), PAIR_COLUMNS, ("generation",)
+    source = args.input if not Path(args.input).exists() else str(Path(args.input).resolve())
+    job = FileJob(source=source, output=str(Path(args.output).resolve()), task=task, store_path=args.store,
+                  mapping=parse_mapping(args.map), required=required, allow_empty=allow_empty,
+                  config=args.hf_config, split=args.split, drop_duplicates=args.drop_duplicates)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=job.validate(), unit="row", file=sys.stderr, dynamic_ncols=True)
+
+    def on_progress(progress) -> None:
+        if bar is not None:
+            bar.update(1)
+            if progress.done % 25 == 0 or progress.done == progress.total:
+                bar.set_postfix(tokens=progress.tokens, cached=progress.cached, errors=progress.llm_error,
+                                refresh=False)
+
+    client = LLMClient(settings)
+    run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress)
+    if bar is not None:
+        bar.close()
+    print(f"run {run_id}: {progress.summary()}; retries {client.retries}", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    scores, kept = [], 0
+    with RowWriter(args.output) as writer:
+        for located in iter_rows(args.input):
+            row = located.row
+            scores.append(row.get("score"))
+            if keep(row, args.min_score):
+                writer.write(row)
+                kept += 1
+    histogram = score_histogram(scores)
+    print(f"kept {kept} of {len(scores)} pairs with score >= {args.min_score}", file=sys.stderr)
+    print("scores: " + "  ".join(f"{k}: {v}" for k, v in histogram.items()), file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    rows = (located.row for located in iter_rows(args.input))
+    if args.min_score is not None:
+        rows = curated(rows, args.min_score)
+    with RowWriter(args.output, args.format, system_tag=args.system_tag) as writer:
+        for row in rows:
+            writer.write(row)
+    print(f"wrote {writer.count} rows to {args.output} ({writer.format})", file=sys.stderr)
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(args.output, args.push_to_hub)}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = RunStore(args.store)
+    for info in store.runs():
+        usage = store.usage(info.run_id)
+        state = "finished" if info.finished else "unfinished"
+        print(f"{info.run_id}  {info.kind:8}  {state:10}  {usage['calls']} calls  "
+              f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens  {json.dumps(info.config)}")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from backtrans import local
+
+    if args.action == "up":
+        state = local.up(args.model or local.DEFAULT_MODEL)
+        for name, info in state.items():
+            print(f"{name}: {info.get('base_url', '')} (pid {info['pid']})")
+    elif args.action == "down":
+        stopped = local.down()
+        print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
+    elif args.action == "status":
+        lines = local.status()
+        print("\n".join(f"{k}: {v}" for k, v in lines.items()) or "no local servers")
+    else:
+        print("\n".join(local.env_lines()))
+    return 0
+
+
+COMMANDS = {"score": cmd_llm_task, "generate": cmd_llm_task, "curate": cmd_curate, "export": cmd_export,
+            "runs": cmd_runs, "local": cmd_local}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (RecordsError, TemplateError, ExportError, UsageError) as exc:
+        print(f"error: {redact(str(exc), os.environ.get('OPENAI_API_KEY'))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are in the store; rerun the same command to resume", file=sys.stderr)
+        return 130
