@@ -24,7 +24,7 @@ _SCORE_STATEMENT = re.compile(
 )
 # A reply whose last line is only a number: "4", "**4/5**", "4 out of 5."
 _BARE_LAST_LINE = re.compile(
-    r"^[\s*_#>\[\]]*(?P<value>\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<scale>\d+))?[\s*_.\]]*$",
+    r"[\s*_#>\[\]]*(?P<value>\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<scale>\d+))?[\s*_.\]]*$",
     re.IGNORECASE,
 )
 

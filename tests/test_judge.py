@@ -1,0 +1,145 @@
+import asyncio
+import math
+
+import pytest
+
+from backtrans.judge import JudgeTask, expected_score, parse_score
+from backtrans.llm import LLMClient, LLMSettings
+from backtrans.templates import load_template
+
+# (reply, expected score or None); the range is 1-5 unless the case says otherwise.
+SHAPES = [
+    ("The answer is complete.\nScore: 4", 4),
+    ("Reasoning here.\n\nScore: 5", 5),
+    ("Good.\n**Score:** 5", 5),
+    ("Good.\n**Score: 3**", 3),
+    ("Good.\nScore: **2**", 2),
+    ("Good.\nscore: 4", 4),
+    ("Good.\nSCORE: 1", 1),
+    ("Good.\nScore: 4/5", 4),
+    ("Good.\nScore: 4 / 5", 4),
+    ("Good.\nScore: 3.", 3),
+    ("Good.\nScore: 5.0", 5),
+    ("Score: 4\nThe answer is clear and complete.", 4),
+    ("Score: 2 - it misses the point.", 2),
+    ("At first I thought Score: 2, but on reflection\nScore: 4", 4),
+    ("Rating: 3", 3),
+    ("I would give it a rating of 4 out of 5.", 4),
+    ("The rating is 5", 5),
+    ("Score (1-5): 4", 4),
+    ("Reason: fine.\nScore - 3", 3),
+    ("Score = 2", 2),
+    ("Decent answer.\n4", 4),
+    ("Decent answer.\n**4/5**", 4),
+    ("Score:4", 4),
+    ("  \n Score:   5  \n\n", 5),
+    ("## Evaluation\nThe response is accurate.\n### Score: 5", 5),
+    ("Score: 10", None),
+    ("Score: 0", None),
+    ("Score: 8/10", None),
+    ("Score: 4.5", None),
+    ("I cannot rate this.", None),
+    ("", None),
+    ("Score: ", None),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), SHAPES)
+def test_parse_score_shapes(reply, expected):
+    parsed = parse_score(reply, 1, 5)
+    assert parsed.score == expected
+    assert parsed.status == ("ok" if expected is not None else "parse_error")
+    if expected is None:
+        assert parsed.error
+
+
+def test_parse_keeps_reason_before_and_after_the_score():
+    assert parse_score("It is clear and correct.\nScore: 5").reason == "It is clear and correct."
+    assert parse_score("Score: 2\nIt misses the question.").reason == "It misses the question."
+
+
+def test_parse_respects_the_template_range():
+    assert parse_score("Score: 0", 0, 5).score == 0
+    assert parse_score("Score: 0", 1, 5).score is None
+    assert "outside the range 1-5" in parse_score("Score: 7").error
+
+
+def test_distilabel_pitfalls_are_avoided():
+    # distilabel takes the first match and reads "Score: 10" as 1.
+    assert parse_score("Score: 2 was my first guess.\nFinal.\nScore: 5").score == 5
+    assert parse_score("Score: 10").score is None
+
+
+def _tokens(text_tokens, digit_top):
+    return [
+        {"token": t, "logprob": -0.1, "top_logprobs": digit_top if t.strip().isdigit() else []}
+        for t in text_tokens
+    ]
+
+
+def test_expected_score_weights_digit_probabilities():
+    top = [{"token": "4", "logprob": math.log(0.6)}, {"token": "5", "logprob": math.log(0.3)},
+           {"token": "x", "logprob": math.log(0.1)}]
+    text = "Fine.\nScore: 4"
+    tokens = _tokens(["Fine", ".", "\n", "Score", ":", " ", "4"], top)
+    parsed = parse_score(text)
+    value = expected_score(tokens, parsed.start)
+    assert value == pytest.approx((4 * 0.6 + 5 * 0.3) / 0.9, abs=1e-3)
+
+
+def test_expected_score_ignores_out_of_range_digits_and_handles_absence():
+    top = [{"token": "9", "logprob": math.log(0.5)}, {"token": "2", "logprob": math.log(0.5)}]
+    tokens = _tokens(["Score", ": ", "2"], top)
+    assert expected_score(tokens, parse_score("Score: 2").start) == 2.0
+    assert expected_score(None, 5) is None
+    assert expected_score(tokens, -1) is None
+
+
+def test_judge_task_against_fake_server(fake_llm):
+    template = load_template("humpback")
+    settings = LLMSettings(base_url=fake_llm.url, model="fake-judge")
+    task = JudgeTask(template, settings)
+    row = {"instruction": "Say hi [[score=5]]", "generation": "Hi!"}
+
+    async def go():
+        client = LLMClient(settings)
+        try:
+            return task.parse(row, await task.call(client, row))
+        finally:
+            await client.close()
+
+    result = asyncio.run(go())
+    assert result["score"] == 5 and result["status"] == "ok"
+    assert result["model_name"] == "fake-judge"
+    assert result["raw_output"].endswith("Score: 5")
+    assert result["expected_score"] is None  # the paper template asks for no logprobs
+
+
+def test_judge_task_logprob_template_gives_expected_score(fake_llm):
+    template = load_template("humpback-short")
+    settings = LLMSettings(base_url=fake_llm.url, model="fake-judge")
+    task = JudgeTask(template, settings)
+    row = {"instruction": "Say hi [[score=2]]", "generation": "Hi!"}
+
+    async def go():
+        client = LLMClient(settings)
+        try:
+            return task.parse(row, await task.call(client, row))
+        finally:
+            await client.close()
+
+    result = asyncio.run(go())
+    assert result["score"] == 2
+    assert 1.5 < result["expected_score"] < 2.6
+    assert result["raw_output"].startswith("Score: 2")
+
+
+def test_cache_key_depends_on_template_model_and_text():
+    settings = LLMSettings(model="a")
+    paper, short = load_template("humpback"), load_template("humpback-short")
+    row = {"instruction": "q", "generation": "a"}
+    key = JudgeTask(paper, settings).key(row)
+    assert key == JudgeTask(paper, LLMSettings(model="a")).key(dict(row))
+    assert key != JudgeTask(short, settings).key(row)
+    assert key != JudgeTask(paper, LLMSettings(model="b")).key(row)
+    assert key != JudgeTask(paper, settings).key({"instruction": "q", "generation": "b"})
