@@ -99,12 +99,12 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
     settings = _settings(args)
     template = load_template(args.template)
     if args.command == "score":
-        task, required, allow_empty = JudgeTask(template, settings), PAIR_COLUMNS, ()
+        task, required, optional = JudgeTask(template, settings), PAIR_COLUMNS, ()
     else:
-        task, required, allow_empty = ResponseTask(template, settings), PAIR_COLUMNS, ("generation",)
+        task, required, optional = ResponseTask(template, settings), ("instruction",), ("generation",)
     source = args.input if not Path(args.input).exists() else str(Path(args.input).resolve())
     job = FileJob(source=source, output=str(Path(args.output).resolve()), task=task, store_path=args.store,
-                  mapping=parse_mapping(args.map), required=required, allow_empty=allow_empty,
+                  mapping=parse_mapping(args.map), required=required, optional=optional,
                   config=args.hf_config, split=args.split, drop_duplicates=args.drop_duplicates)
     bar = None
     if not args.no_progress:

@@ -251,11 +251,14 @@ def iter_rows(
     config: str | None = None,
     split: str | None = None,
     drop_duplicates: bool = False,
-    allow_empty: Iterable[str] = (),
+    optional: Iterable[str] = (),
 ) -> Iterator[Located]:
-    """Validated rows with our column names. Raises RecordsError at the first bad row."""
+    """Validated rows with our column names. Raises RecordsError at the first bad row.
+
+    `optional` columns are renamed from their aliases like required ones, and may be missing or empty.
+    """
     required = tuple(required)
-    allow_empty = set(allow_empty)
+    optional = tuple(optional)
     mapping = parse_mapping(mapping)
     resolved: dict[str, str] | None = None
     seen: dict[bytes, str] = {}
@@ -264,7 +267,7 @@ def iter_rows(
     for located in read_raw(source, config=config, split=split):
         row = located.row
         if resolved is None:
-            resolved = resolve_columns(row.keys(), mapping, required)
+            resolved = resolve_columns(row.keys(), mapping, required + optional)
             missing = [c for c in required if c not in resolved.values()]
             if missing:
                 raise RecordsError(
@@ -275,13 +278,13 @@ def iter_rows(
                 if src not in row:
                     raise RecordsError(f"{located.where}: the mapping names column {src!r}, which is not in the data")
         out = {resolved.get(k, k): _clean_value(v) for k, v in row.items()}
-        for column in required:
+        for column in required + optional:
             source_column = next((s for s, d in resolved.items() if d == column), column)
             value = out.get(column)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = out[column] = str(value)
             if value is None or (isinstance(value, str) and not value.strip()):
-                if column in allow_empty:
+                if column in optional:
                     out[column] = None
                     continue
                 state = "missing" if column not in out else "empty"

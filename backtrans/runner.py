@@ -139,7 +139,7 @@ class FileJob:
     store_path: str
     mapping: dict = field(default_factory=dict)
     required: tuple[str, ...] = ("instruction", "generation")
-    allow_empty: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
     config: str | None = None
     split: str | None = None
     drop_duplicates: bool = False
@@ -164,7 +164,7 @@ class FileJob:
 
         located = iter_rows(
             self.source, self.mapping, self.required, config=self.config, split=self.split,
-            drop_duplicates=self.drop_duplicates, allow_empty=self.allow_empty,
+            drop_duplicates=self.drop_duplicates, optional=self.optional,
         )
         return (item.row for item in located)
 

@@ -1,0 +1,133 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backtrans.cli import main
+from backtrans.records import SAMPLE_PATH
+from tests.conftest import ROOT, write_jsonl
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"prompt": f"question {i} [[score={i % 5 + 1}]]", "response": f"answer {i}", "id": i} for i in range(n)]
+
+
+def _score_args(fake_url: str, src: Path, out: Path, store: Path, *extra: str) -> list[str]:
+    return ["score", str(src), "-o", str(out), "--base-url", fake_url, "--model", "fake", "--store", str(store),
+            "--no-progress", *extra]
+
+
+def test_score_then_curate_then_export(fake_llm, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(25))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "scored.jsonl", tmp_path / "s.sqlite")) == 0
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == list(range(25))
+    assert all(r["status"] == "ok" and r["score"] == r["id"] % 5 + 1 for r in scored)
+    assert {"score", "reason", "model_name", "expected_score", "raw_output", "status", "error"} <= set(scored[0])
+    assert "25 rows" in capsys.readouterr().err
+
+    assert main(["curate", str(tmp_path / "scored.jsonl"), "-o", str(tmp_path / "a4.jsonl"), "--min-score", "4"]) == 0
+    kept = [json.loads(line) for line in (tmp_path / "a4.jsonl").read_text().splitlines()]
+    assert len(kept) == 10 and all(r["score"] >= 4 for r in kept)
+    assert "kept 10 of 25" in capsys.readouterr().err
+
+    assert main(["export", str(tmp_path / "a4.jsonl"), "-o", str(tmp_path / "train.jsonl"), "--format", "chat"]) == 0
+    chat = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(chat) == 10 and chat[0]["messages"][1]["content"] == kept[0]["instruction"]
+    assert main(["export", str(tmp_path / "scored.jsonl"), "-o", str(tmp_path / "s.parquet")]) == 0
+    assert (tmp_path / "s.parquet").stat().st_size > 0
+
+
+def test_generate_fills_missing_responses_only(fake_llm, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Name a colour."},
+                                              {"instruction": "Say hi.", "generation": "Hi!"}])
+    args = ["generate", str(src), "-o", str(tmp_path / "gen.jsonl"), "--base-url", fake_llm.url, "--model", "fake",
+            "--store", str(tmp_path / "s.sqlite"), "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert rows[0]["generation"].startswith("A response to") and rows[0]["generation_status"] == "ok"
+    assert rows[1]["generation"] == "Hi!" and rows[1]["generation_status"] == "given"
+    assert fake_llm.requests == 1
+
+
+def test_bad_input_exits_2_with_the_location_on_stderr(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "generation": "a"}\n{oops}\n')
+    assert main(["score", str(bad), "-o", str(tmp_path / "o.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2:2: invalid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+    assert main(["score", str(SAMPLE_PATH), "-o", str(tmp_path / "o.jsonl"), "--template", "nope"]) == 2
+
+
+def test_exit_0_when_every_row_is_scored_or_flagged(fake_llm, tmp_path):
+    fake_llm.config.rate_garbage = 0.5
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(20))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", tmp_path / "s.sqlite")) == 0
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(statuses) == 20 and "parse_error" in statuses
+
+
+def _results_in(store: Path) -> int:
+    try:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_then_rerun_never_repeats_finished_rows(fake_process, tmp_path):
+    total = 300
+    server = fake_process("--latency", "0.04")
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(total))
+    store = tmp_path / "s.sqlite"
+    command = [sys.executable, "-m", "backtrans", *_score_args(server.url, src, tmp_path / "o.jsonl", store,
+                                                               "--concurrency", "4")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while _results_in(store) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = _results_in(store)
+    assert 60 <= finished < total
+    assert not (tmp_path / "o.jsonl").exists()  # no half-written output under the real name
+    before = server.stats()["requests"]
+
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, stderr=subprocess.DEVNULL)
+    asked_again = server.stats()["requests"] - before
+    assert asked_again == total - finished  # not one finished row was requested again
+    resumed = (tmp_path / "o.jsonl").read_text()
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    subprocess.run([sys.executable, "-m", "backtrans", *_score_args(server.url, src, clean / "o.jsonl",
+                    clean / "s.sqlite")], cwd=tmp_path, env=env, check=True, stderr=subprocess.DEVNULL)
+    assert resumed == (clean / "o.jsonl").read_text()
+
+
+def test_identical_pair_in_another_run_is_a_cache_hit(fake_llm, tmp_path):
+    store = tmp_path / "s.sqlite"
+    write_jsonl(tmp_path / "a.jsonl", _rows(10))
+    write_jsonl(tmp_path / "b.jsonl", _rows(15))
+    assert main(_score_args(fake_llm.url, tmp_path / "a.jsonl", tmp_path / "a.out.jsonl", store)) == 0
+    assert main(_score_args(fake_llm.url, tmp_path / "b.jsonl", tmp_path / "b.out.jsonl", store)) == 0
+    assert fake_llm.requests == 15
+
+
+def test_resume_by_run_id_reuses_the_runs_settings(fake_llm, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(5))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", store, "--template", "additive")) == 0
+    run_id = capsys.readouterr().err.split("run ")[1].split(":")[0]
+    (tmp_path / "o.jsonl").unlink()
+    assert main(["score", "--resume", run_id, "--store", str(store), "--no-progress"]) == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 5
+    assert fake_llm.requests == 5
+    assert main(["runs", "--store", str(store)]) == 0
+    assert run_id in capsys.readouterr().out

@@ -1,0 +1,108 @@
+import asyncio
+import time
+
+import pytest
+
+from backtrans.llm import LLMClient, LLMError, LLMSettings, redact
+
+
+def _settings(fake, **kwargs) -> LLMSettings:
+    values = {"base_url": fake.url, "model": "fake", "backoff_base_s": 0.01, "backoff_max_s": 0.2}
+    values.update(kwargs)
+    return LLMSettings(**values)
+
+
+def _run(settings: LLMSettings, prompts: list[str], **chat):
+    async def go():
+        client = LLMClient(settings)
+        try:
+            results = await asyncio.gather(*(client.chat(p, **chat) for p in prompts), return_exceptions=True)
+            return results, client.retries
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_counts_tokens_and_latency(fake_llm):
+    (completion,), _ = _run(_settings(fake_llm), ["Score this [[score=3]]"])
+    assert completion.text.endswith("Score: 3")
+    assert completion.prompt_tokens > 0 and completion.completion_tokens > 0
+    assert completion.latency_s > 0 and completion.attempts == 1
+
+
+def test_retries_429_honouring_retry_after(fake_llm):
+    fake_llm.config.rate_429 = 0.5
+    fake_llm.config.retry_after_s = 0.2
+    started = time.monotonic()
+    results, retries = _run(_settings(fake_llm, max_retries=20), [f"p{i} Score" for i in range(20)])
+    assert all(not isinstance(r, Exception) for r in results)
+    assert retries == fake_llm.statuses[429] > 0
+    assert time.monotonic() - started >= 0.2  # waited as the server asked
+
+
+def test_retries_500_then_gives_up_with_a_clear_error(fake_llm):
+    fake_llm.config.rate_500 = 1.0
+    (result,), retries = _run(_settings(fake_llm, max_retries=2), ["p Score"])
+    assert isinstance(result, LLMError)
+    assert "HTTP 500" in str(result) and fake_llm.url in str(result)
+    assert result.attempts == 3 and retries == 2 and fake_llm.requests == 3
+
+
+def test_hang_past_timeout_is_retried(fake_llm):
+    fake_llm.config.rate_hang = 1.0
+    fake_llm.config.hang_s = 5
+    (result,), _ = _run(_settings(fake_llm, timeout_s=0.3, max_retries=1), ["p Score"])
+    assert isinstance(result, LLMError) and "timeout" in str(result)
+    assert fake_llm.requests == 2
+
+
+def test_non_retryable_status_fails_at_once(fake_llm):
+    settings = _settings(fake_llm, base_url=fake_llm.url.replace("/v1", "/nope"))
+    (result,), retries = _run(settings, ["p"])
+    assert isinstance(result, LLMError) and "HTTP 404" in str(result) and retries == 0
+
+
+def test_concurrency_limit_holds(fake_llm):
+    fake_llm.config.latency_s = 0.2
+    started = time.monotonic()
+    results, _ = _run(_settings(fake_llm, concurrency=4), [f"p{i}" for i in range(8)])
+    elapsed = time.monotonic() - started
+    assert all(not isinstance(r, Exception) for r in results)
+    assert 0.4 <= elapsed < 1.2  # two waves of four, not one of eight
+
+
+def test_requests_per_minute_spaces_requests(fake_llm):
+    started = time.monotonic()
+    _run(_settings(fake_llm, requests_per_minute=600, concurrency=16), [f"p{i}" for i in range(4)])
+    assert time.monotonic() - started >= 0.3  # 600/min = one request every 0.1 s
+
+
+def test_prefill_is_reported_once(fake_llm):
+    (completion,), _ = _run(_settings(fake_llm), ["Score it [[score=4]]"], prefill="Score: ", logprobs=True)
+    assert completion.text.startswith("Score: 4") and not completion.text.startswith("Score: Score")
+    assert "".join(t["token"] for t in completion.logprobs) == completion.text
+
+
+def test_api_key_never_appears_in_errors(fake_llm):
+    secret = "sk-test-SECRET1234567890abcdef"
+    fake_llm.config.rate_500 = 1.0
+    (result,), _ = _run(_settings(fake_llm, api_key=secret, max_retries=0), ["p"])
+    assert secret not in str(result) and secret not in repr(_settings(fake_llm, api_key=secret))
+    assert fake_llm.api_keys[secret] == 1  # it was sent to the server, and only there
+    assert redact(f"bad key {secret} and sk-other-0123456789abcdef", secret) == "bad key *** and sk-***"
+
+
+def test_connection_refused_is_an_llm_error():
+    settings = LLMSettings(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1, backoff_base_s=0.01)
+    (result,), _ = _run(settings, ["p"])
+    assert isinstance(result, LLMError) and "connection error" in str(result)
+
+
+@pytest.mark.parametrize("env_model", ["from-env"])
+def test_settings_from_env(monkeypatch, env_model):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://x/v1")
+    monkeypatch.setenv("BACKTRANS_MODEL", env_model)
+    assert LLMSettings.from_env().model == env_model
+    assert LLMSettings.from_env(model="cli").model == "cli"
+    assert LLMSettings.from_env().base_url == "http://x/v1"
