@@ -30,7 +30,8 @@ def format_for(path: str | os.PathLike, explicit: str | None = None) -> str:
             raise ExportError(f"unknown format {explicit!r}; choose one of {', '.join(FORMATS)}")
         return explicit
     suffix = Path(path).suffix.lower().lstrip(".")
-    aliases = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "parquet": "parquet", "pq": "parquet"}
+    aliases = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv",
+               "parquet": "parquet", "pq": "parquet"}
     if suffix not in aliases:
         raise ExportError(f"{path}: cannot tell the format from {suffix!r}; use .jsonl, .csv or .parquet")
     return aliases[suffix]
@@ -190,6 +191,17 @@ def score_histogram(scores: Iterable[object]) -> dict[str, int]:
         label = "none" if missing else str(int(score))
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def threshold_counts(scores: Iterable[object], threshold: int) -> dict[str, int]:
+    """How many pairs each curation level keeps: the paper's A4 and A5, and the chosen threshold."""
+    valid = [int(s) for s in scores if s is not None and not (isinstance(s, float) and pd.isna(s))]
+    return {
+        "scored": len(valid),
+        "kept": sum(s >= threshold for s in valid),
+        "A4": sum(s >= 4 for s in valid),
+        "A5": sum(s >= 5 for s in valid),
+    }
 
 
 def push_to_hub(path: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True) -> str:

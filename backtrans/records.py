@@ -178,7 +178,7 @@ def _read_csv(path: Path) -> Iterator[Located]:
                     f"{where}: {len(values)} fields where the header has {len(header)}; "
                     "quote fields that contain commas or newlines"
                 )
-            yield Located(where, dict(zip(header, values)))
+            yield Located(where, dict(zip(header, values, strict=True)))
 
 
 def _read_parquet(path: Path) -> Iterator[Located]:

@@ -203,3 +203,26 @@ def merge(row: dict, result: dict, columns: tuple[str, ...]) -> dict:
     merged = dict(row)
     merged.update({column: result.get(column) for column in columns})
     return merged
+
+
+async def stream_results(
+    rows: list[dict], task: Task, store_path: str, run_config: dict
+) -> AsyncIterator[tuple[int, dict, Progress]]:
+    """For interactive faces: (row index, result, progress) as each row finishes, in order.
+
+    Closing the generator (a Stop button, a closed tab) cancels what is in flight; finished rows are
+    already in the store, so starting again picks up where it stopped.
+    """
+    store = RunStore(store_path)
+    client = LLMClient(task.settings)
+    progress = Progress(total=len(rows))
+    run_id = store.find_run(task.kind, run_config) or store.start_run(task.kind, run_config)
+    try:
+        index = 0
+        async for _, result in run_rows(rows, task, client, store, run_id, progress):
+            yield index, result, progress
+            index += 1
+        store.finish_run(run_id)
+    finally:
+        await client.close()
+        store.close()
