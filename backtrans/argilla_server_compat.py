@@ -20,11 +20,10 @@ CONFLICT_RETRIES = 20
 
 
 def _patch() -> None:
-    from opensearchpy.exceptions import ConflictError, NotFoundError
-
     from argilla_server.search_engine import commons
     from argilla_server.search_engine.commons import es_index_name_for_dataset
     from argilla_server.search_engine.opensearch import OpenSearchEngine
+    from opensearchpy.exceptions import ConflictError, NotFoundError
 
     async def modify_document(engine: OpenSearchEngine, index: str, doc_id: str, change) -> None:
         """Read, change and write back a document, guarded by its sequence number.
@@ -148,15 +147,13 @@ def main() -> None:
     _patch()
     if args.command == "server":
         import uvicorn
-
         from argilla_server import app
 
         uvicorn.run(app, host=args.host, port=args.port, access_log=False)
     else:
         # rq forks its workers from this process, so they inherit the patched engine.
-        from rq.worker_pool import WorkerPool
-
         from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
+        from rq.worker_pool import WorkerPool
 
         WorkerPool(connection=REDIS_CONNECTION, queues=[DEFAULT_QUEUE.name, HIGH_QUEUE.name],
                    num_workers=args.num_workers).start()

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from backtrans.argilla_sync import ArgillaError
 from backtrans.augment import ResponseTask
 from backtrans.export import ExportError, RowWriter, curated, keep, push_to_hub, score_histogram
 from backtrans.judge import JudgeTask
@@ -69,9 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=DEFAULT_STORE)
 
-    local = sub.add_parser("local", help="the embedded default: local LLM server")
+    local = sub.add_parser("local", help="the embedded default: local LLM server and local Argilla")
     local.add_argument("action", choices=["up", "down", "status", "env"])
     local.add_argument("--model", help="local model (default: $BACKTRANS_LOCAL_MODEL or smollm2-135m)")
+    local.add_argument("--no-argilla", action="store_true", help="start the LLM server only")
+
+    argilla = sub.add_parser("argilla", help="human review in Argilla: push suggestions, pull decisions")
+    argilla_sub = argilla.add_subparsers(dest="argilla_command", required=True)
+    push = argilla_sub.add_parser("push", help="push scored pairs with the LLM's verdicts as suggestions")
+    push.add_argument("input")
+    push.add_argument("--dataset", required=True)
+    push.add_argument("--workspace", help="Argilla workspace (default: backtrans)")
+    push.add_argument("--min-score", type=int, default=4, help="the suggested keep threshold (default 4)")
+    push.add_argument("--template", default=os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
+                      help="the judge template the scores came from (sets the rating range and guidelines)")
+    push.add_argument("--batch-size", type=int, default=200)
+    pull = argilla_sub.add_parser("pull", help="pull reviewers' decisions, merge them, report agreement")
+    pull.add_argument("--dataset", required=True)
+    pull.add_argument("--workspace")
+    pull.add_argument("-o", "--output", required=True)
+    pull.add_argument("--scored", help="the scored file that was pushed: its rows get the decisions "
+                      "(default: rebuild the rows from Argilla)")
+    pull.add_argument("--policy", choices=["majority", "unanimous", "any-discard"], default="majority")
+    pull.add_argument("--min-score", type=int, default=4)
+    pull.add_argument("--report", help="write the agreement report as JSON here")
     return parser
 
 
@@ -170,9 +192,16 @@ def cmd_local(args: argparse.Namespace) -> int:
     from backtrans import local
 
     if args.action == "up":
-        state = local.up(args.model or local.DEFAULT_MODEL)
-        for name, info in state.items():
-            print(f"{name}: {info.get('base_url', '')} (pid {info['pid']})")
+        state = local.up(args.model or local.DEFAULT_MODEL, argilla=not args.no_argilla)
+        llm = state["llm"]
+        print(f"LLM:     {llm['base_url']} ({llm['model']})")
+        if "argilla" in state and not local.external_argilla():
+            argilla = state["argilla"]
+            print(f"Argilla: {argilla['url']}  (log in as {argilla['username']} / {argilla['password']})")
+        elif local.external_argilla():
+            print(f"Argilla: {os.environ['ARGILLA_API_URL']} (external, from ARGILLA_API_URL)")
+        print(f"App:     http://127.0.0.1:{os.environ.get('GRADIO_SERVER_PORT', '7860')} "
+              "(`make run`, or `eval \"$(python -m backtrans local env)\" && python app.py`)")
     elif args.action == "down":
         stopped = local.down()
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
@@ -184,16 +213,49 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_argilla(args: argparse.Namespace) -> int:
+    from backtrans import argilla_sync
+
+    config = argilla_sync.ArgillaConfig.from_env(workspace=args.workspace)
+    if args.argilla_command == "push":
+        rows = [located.row for located in iter_rows(args.input)]
+        from tqdm import tqdm
+
+        with tqdm(total=len(rows), unit="record", file=sys.stderr, desc="push") as bar:
+            report = argilla_sync.push(rows, args.dataset, config, template=args.template, threshold=args.min_score,
+                                       batch_size=args.batch_size, on_progress=lambda n: bar.update(n - bar.n))
+        print(f"pushed {report.pushed} records to {report.workspace}/{report.dataset}: {report.url}", file=sys.stderr)
+        return 0
+    decisions = argilla_sync.pull(args.dataset, config, args.policy)
+    if args.scored:
+        rows = [located.row for located in iter_rows(args.scored)]
+    else:
+        rows = [d.row for d in decisions.values()]
+    merged = argilla_sync.merge(rows, decisions, args.min_score)
+    with RowWriter(args.output) as writer:
+        for row in merged:
+            writer.write(row)
+    report = argilla_sync.agreement(merged, args.min_score, decisions)
+    print(argilla_sync.format_report(report))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2))
+    kept = sum(1 for row in merged if row["final_keep"])
+    print(f"wrote {len(merged)} rows to {args.output}; final_keep: {kept}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"score": cmd_llm_task, "generate": cmd_llm_task, "curate": cmd_curate, "export": cmd_export,
-            "runs": cmd_runs, "local": cmd_local}
+            "runs": cmd_runs, "local": cmd_local,
+            "argilla": cmd_argilla}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (RecordsError, TemplateError, ExportError, UsageError) as exc:
-        print(f"error: {redact(str(exc), os.environ.get('OPENAI_API_KEY'))}", file=sys.stderr)
+    except (RecordsError, TemplateError, ExportError, UsageError, ArgillaError) as exc:
+        message = redact(redact(str(exc), os.environ.get("OPENAI_API_KEY")), os.environ.get("ARGILLA_API_KEY"))
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished rows are in the store; rerun the same command to resume", file=sys.stderr)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import openai
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_KEY_LIKE = re.compile(r"\b(sk|hf|rk|pk|api)[-_][A-Za-z0-9_\-]{8,}")
+_KEY_LIKE = re.compile(r"\b(sk|hf|rk|pk|api|argilla\.apikey)[-_.][A-Za-z0-9_\-]{8,}")
 
 
 @dataclass

@@ -338,38 +338,64 @@ def read_state() -> dict:
 
 
 def _write_state(state: dict) -> None:
-    _state_file().write_text(json.dumps(state, indent=2))
+    path = _state_file()
+    path.write_text(json.dumps(state, indent=2))
+    path.chmod(0o600)  # it holds the local Argilla's key and password
 
 
-def up(model: str = DEFAULT_MODEL) -> dict:
+def _pids(info: dict) -> dict[str, int]:
+    return info.get("pids") or {"main": info["pid"]}
+
+
+def _running(info: dict | None) -> bool:
+    return bool(info) and all(_alive(pid) for pid in _pids(info).values())
+
+
+def external_argilla() -> bool:
+    """A remote Argilla is configured: use it and start none."""
+    return bool(os.environ.get("ARGILLA_API_URL") and os.environ.get("ARGILLA_API_KEY"))
+
+
+def up(model: str = DEFAULT_MODEL, argilla: bool = True) -> dict:
     """Starts what is not running yet; running servers are left as they are."""
     state = read_state()
     llm = state.get("llm")
-    if not (llm and _alive(llm["pid"]) and llm.get("model") == model):
-        if llm and _alive(llm["pid"]):
-            stop_pid(llm["pid"])
+    if not (_running(llm) and llm.get("model") == model):
+        if llm:
+            for pid in _pids(llm).values():
+                stop_pid(pid)
         server = start_llm(model)
         state["llm"] = {"pid": server.pid, "port": server.port, "model": model, "base_url": server.base_url}
+        _write_state(state)
+    if argilla and not external_argilla() and not _running(state.get("argilla")):
+        for pid in _pids(state["argilla"]).values() if state.get("argilla") else ():
+            stop_pid(pid)
+        stack = start_argilla()
+        state["argilla"] = {"pids": stack.pids, "url": stack.url, "api_key": stack.api_key,
+                            "username": ARGILLA_OWNER, "password": stack.password}
         _write_state(state)
     return state
 
 
 def down() -> list[str]:
-    state = read_state()
     stopped = []
-    for name, info in state.items():
-        if _alive(info["pid"]):
-            stop_pid(info["pid"])
-            stopped.append(f"{name} (pid {info['pid']})")
+    for name, info in read_state().items():
+        for pid in reversed(list(_pids(info).values())):
+            if _alive(pid):
+                stop_pid(pid)
+        stopped.append(name)
     _write_state({})
     return stopped
 
 
 def status() -> dict[str, str]:
-    return {
-        name: f"{'running' if _alive(info['pid']) else 'stopped'} pid {info['pid']} {info.get('base_url', '')}"
-        for name, info in read_state().items()
-    }
+    lines = {}
+    for name, info in read_state().items():
+        where = info.get("base_url") or info.get("url", "")
+        lines[name] = f"{'running' if _running(info) else 'stopped'} at {where} (pids {list(_pids(info).values())})"
+    if external_argilla():
+        lines["argilla"] = f"external at {os.environ['ARGILLA_API_URL']} (ARGILLA_API_URL)"
+    return lines
 
 
 def env_lines() -> list[str]:
@@ -377,13 +403,16 @@ def env_lines() -> list[str]:
     state = read_state()
     lines = []
     llm = state.get("llm")
-    if llm and _alive(llm["pid"]):
+    if _running(llm):
         lines += [
             f"export OPENAI_BASE_URL={llm['base_url']}",
             "export OPENAI_API_KEY=local",
             f"export BACKTRANS_MODEL={llm['model']}",
             f"export BACKTRANS_TEMPLATE={MODELS[llm['model']].template}",
         ]
+    argilla = state.get("argilla")
+    if _running(argilla) and not external_argilla():
+        lines += [f"export ARGILLA_API_URL={argilla['url']}", f"export ARGILLA_API_KEY={argilla['api_key']}"]
     return lines
 
 

@@ -93,3 +93,50 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def argilla_stack(tmp_path_factory) -> local.ArgillaStack:
+    """A real argilla-server (osmem, redis, worker), started once for the whole session."""
+    stack = local.start_argilla(home=tmp_path_factory.mktemp("argilla"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def argilla_config(argilla_stack):
+    from backtrans.argilla_sync import ArgillaConfig
+
+    return ArgillaConfig(argilla_stack.url, argilla_stack.api_key)
+
+
+class Annotator:
+    """A reviewer who works through the REST path the web UI uses, with their own login."""
+
+    def __init__(self, stack: local.ArgillaStack, username: str, workspace: str = "backtrans"):
+        import argilla as rg
+        import requests
+
+        owner = rg.Argilla(api_url=stack.url, api_key=stack.api_key)
+        user = owner.users(username) or rg.User(username=username, password="annotate-123", role="annotator",
+                                                client=owner).create()
+        user.add_to_workspace(owner.workspaces(workspace))
+        self.url = stack.url
+        self.session = requests.Session()
+        token = self.session.post(f"{stack.url}/api/v1/token",
+                                  data={"username": username, "password": "annotate-123"}).json()["access_token"]
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        self.user_id = self.session.get(f"{stack.url}/api/v1/me").json()["id"]
+
+    def respond(self, record_server_id, keep: str | None, score: int | None = None, note: str | None = None,
+                status: str = "submitted") -> None:
+        values = {}
+        if keep is not None:
+            values["keep"] = {"value": keep}
+        if score is not None:
+            values["score"] = {"value": score}
+        if note:
+            values["note"] = {"value": note}
+        reply = self.session.post(f"{self.url}/api/v1/records/{record_server_id}/responses",
+                                  json={"values": values, "status": status})
+        assert reply.status_code == 201, reply.text

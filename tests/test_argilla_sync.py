@@ -1,0 +1,230 @@
+"""Human review through a real local Argilla server (argilla-server 2.8.0 on osmem, redis, worker)."""
+
+import json
+
+import argilla as rg
+import pytest
+
+from backtrans import argilla_sync as A
+from backtrans.cli import main
+from backtrans.templates import load_template
+from tests.conftest import Annotator, write_jsonl
+
+
+def _scored(n: int, prefix: str = "q") -> list[dict]:
+    return [
+        {"instruction": f"{prefix} {i}?", "generation": f"answer {i}.", "score": i % 5 + 1, "reason": f"reason {i}",
+         "model_name": "judge-m", "expected_score": round(i % 5 + 1 - 0.25, 2) if i % 2 else None, "status": "ok"}
+        for i in range(n)
+    ]
+
+
+def _sdk(stack) -> rg.Argilla:
+    return rg.Argilla(api_url=stack.url, api_key=stack.api_key)
+
+
+def _server_ids(stack, dataset: str) -> dict[str, object]:
+    records = _sdk(stack).datasets(name=dataset, workspace="backtrans").records(with_responses=False)
+    return {str(r.id): r._server_id for r in records}
+
+
+# --- without a server --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("votes", "majority", "unanimous", "any_discard"),
+    [
+        ({}, None, None, None),
+        ({"a": "keep"}, True, True, True),
+        ({"a": "keep", "b": "keep", "c": "discard"}, True, False, False),
+        ({"a": "keep", "b": "discard"}, None, False, False),
+        ({"a": "discard", "b": "discard"}, False, False, False),
+    ],
+)
+def test_policies(votes, majority, unanimous, any_discard):
+    assert A.resolve(votes, "majority") is majority
+    assert A.resolve(votes, "unanimous") is unanimous
+    assert A.resolve(votes, "any-discard") is any_discard
+
+
+def test_agreement_against_hand_computed_figures():
+    rows = [  # LLM keep = score >= 4
+        {"instruction": "1", "generation": "x", "score": 5, "human_keep": True, "human_score": 5},   # TP
+        {"instruction": "2", "generation": "x", "score": 4, "human_keep": True, "human_score": 4},   # TP
+        {"instruction": "3", "generation": "x", "score": 4, "human_keep": False, "human_score": 2},  # FP
+        {"instruction": "4", "generation": "x", "score": 2, "human_keep": True, "human_score": 3},   # FN
+        {"instruction": "5", "generation": "x", "score": 1, "human_keep": False, "human_score": 1},  # TN
+        {"instruction": "6", "generation": "x", "score": 3, "human_keep": False},                    # TN
+        {"instruction": "7", "generation": "x", "score": 5, "human_keep": None},                     # not reviewed
+    ]
+    report = A.agreement(rows, 4)
+    assert report["reviewed"] == 6
+    assert report["confusion"] == {"llm_keep_human_keep": 2, "llm_keep_human_discard": 1,
+                                   "llm_discard_human_keep": 1, "llm_discard_human_discard": 2}
+    assert report["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["f1"] == pytest.approx(2 / 3, abs=1e-4)
+    # kappa: po = 4/6, pe = (3*3 + 3*3)/36 = 0.5 -> (0.6667 - 0.5) / 0.5 = 0.3333
+    assert report["cohen_kappa"] == pytest.approx(1 / 3, abs=1e-4)
+    # scores (5,5) (4,4) (4,2) (2,3) (1,1): ranks x = 4.5 4.5 2.5 2.5... computed independently below
+    assert report["spearman"] == pytest.approx(_pearson_of_ranks([5, 4, 4, 2, 1], [5, 4, 2, 3, 1]), abs=1e-4)
+    assert len(report["disagreements"]) == 2
+    assert "precision 0.6667" in A.format_report(report)
+
+
+def _pearson_of_ranks(xs, ys):
+    def rank(values):
+        return [sum(v > w for w in values) * 0 + sum(w < v for w in values) + (sum(w == v for w in values) + 1) / 2
+                for v in values]
+
+    rx, ry = rank(xs), rank(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den
+
+
+def test_record_ids_are_content_hashes_and_suggestions_carry_confidence():
+    template = load_template("humpback")
+    row = _scored(2)[1]  # score 2, expected 1.75
+    record = A.to_record(row, template, threshold=4, run_id="r1")
+    assert record.id == A.record_id(dict(row)) == A.record_id({"instruction": row["instruction"],
+                                                               "generation": row["generation"]})
+    keep = record.suggestions["keep"]
+    assert (keep.value, keep.agent) == ("discard", "judge-m")
+    assert keep.score == pytest.approx(1 - (1.75 - 1) / 4)
+    assert record.metadata["llm_score"] == 2 and record.metadata["run_id"] == "r1"
+    assert record.fields["judge_reason"] == "reason 1"
+
+
+def test_dead_url_is_a_clean_error_without_the_key():
+    config = A.ArgillaConfig("http://127.0.0.1:9", "argilla.apikey.SECRET0123456789")
+    with pytest.raises(A.ArgillaError) as info:
+        A.push(_scored(3), "x", config)
+    message = str(info.value)
+    assert "http://127.0.0.1:9" in message and "SECRET0123456789" not in message
+    assert "Local results are intact" in message
+
+
+# --- against the real server -------------------------------------------------------------------------
+
+
+def test_push_200_records_and_read_them_back(argilla_stack, argilla_config):
+    rows = _scored(200, "push")
+    progress = []
+    report = A.push(rows, "push-200", argilla_config, threshold=4, run_id="run-7", on_progress=progress.append)
+    assert report.pushed == 200 and progress[-1] == 200 and len(progress) == 1
+    dataset = _sdk(argilla_stack).datasets(name="push-200", workspace="backtrans")
+    records = list(dataset.records(with_suggestions=True))
+    assert len(records) == 200
+    by_id = {str(r.id): r for r in records}
+    for row in rows[:10]:
+        record = by_id[A.record_id(row)]
+        keep = record.suggestions["keep"]
+        assert keep.value == ("keep" if row["score"] >= 4 else "discard") and keep.agent == "judge-m"
+        assert record.suggestions["score"].value == row["score"]
+        if row["expected_score"] is not None:
+            assert 0 <= keep.score <= 1
+        assert record.metadata["llm_score"] == row["score"] and record.metadata["model_name"] == "judge-m"
+        assert record.metadata["template"] == "humpback" and record.metadata["run_id"] == "run-7"
+        assert record.fields["judge_reason"] == row["reason"]
+    assert "rubric" in dataset.settings.guidelines and "Score: <rating>" in dataset.settings.guidelines
+
+
+def test_annotate_pull_merge_agreement_and_repush(argilla_stack, argilla_config, tmp_path):
+    rows = _scored(10, "review")  # scores 1..5, 1..5
+    A.push(rows, "review", argilla_config, threshold=4)
+    ids = _server_ids(argilla_stack, "review")
+    first, second = Annotator(argilla_stack, "reviewer-a"), Annotator(argilla_stack, "reviewer-b")
+    record = [ids[A.record_id(row)] for row in rows]
+    first.respond(record[0], "keep", 4, "fine")          # LLM 1 -> discard; human keep
+    first.respond(record[3], "keep", 5)                  # LLM 4 -> keep; human keep
+    first.respond(record[4], "discard", 2)               # LLM 5 -> keep; human discard
+    first.respond(record[1], None, status="discarded")   # the whole record discarded in the UI
+    second.respond(record[3], "discard", 3)              # a tie on record 3 under majority
+    second.respond(record[2], "keep", 3, status="draft")  # a draft: seen, not a decision
+
+    decisions = A.pull("review", argilla_config, "majority")
+    merged = {row["instruction"]: row for row in A.merge(rows, decisions, 4)}
+    assert merged["review 0?"]["human_keep"] is True and merged["review 0?"]["final_keep"] is True
+    assert merged["review 0?"]["human_note"] == "reviewer-a: fine"
+    assert merged["review 1?"]["human_keep"] is False and merged["review 1?"]["reviewer"] == "reviewer-a"
+    assert merged["review 3?"]["human_keep"] is None and merged["review 3?"]["final_keep"] is True  # tie: LLM
+    assert merged["review 4?"]["final_keep"] is False
+    assert merged["review 2?"]["human_keep"] is None and merged["review 2?"]["final_keep"] is False
+    assert merged["review 9?"]["final_keep"] is True  # unreviewed, LLM score 5
+
+    any_discard = A.merge(rows, A.pull("review", argilla_config, "any-discard"), 4)
+    assert {r["instruction"]: r["human_keep"] for r in any_discard}["review 3?"] is False
+
+    report = A.agreement(list(merged.values()), 4, decisions)
+    # reviewed: 0 (LLM discard, human keep), 1 (discard, discard), 4 (keep, discard)
+    assert report["reviewed"] == 3
+    assert report["confusion"] == {"llm_keep_human_keep": 0, "llm_keep_human_discard": 1,
+                                   "llm_discard_human_keep": 1, "llm_discard_human_discard": 1}
+    assert report["precision"] == 0.0 and report["recall"] == 0.0 and report["f1"] == 0.0
+    assert report["annotators"]["reviewer-a"] == {"discard": 2, "keep": 2}
+    assert report["annotators"]["reviewer-b"] == {"discard": 1, "draft": 1}
+
+    # Pushing again (new scores, same pairs) updates in place: no duplicates, responses kept.
+    rescored = [{**row, "score": 5, "reason": "rescored"} for row in rows]
+    A.push(rescored, "review", argilla_config, threshold=4)
+    dataset = _sdk(argilla_stack).datasets(name="review", workspace="backtrans")
+    records = list(dataset.records(with_responses=True, with_suggestions=True))
+    assert len(records) == 10
+    assert {r.suggestions["keep"].value for r in records} == {"keep"}
+    assert A.pull("review", argilla_config, "majority")[A.record_id(rows[0])].human_keep is True
+
+
+def test_push_to_a_dataset_with_other_questions_fails_clearly(argilla_stack, argilla_config):
+    client = _sdk(argilla_stack)
+    settings = rg.Settings(fields=[rg.TextField(name="text")],
+                           questions=[rg.LabelQuestion(name="sentiment", labels=["pos", "neg"])])
+    rg.Dataset(name="other-shape", workspace="backtrans", settings=settings, client=client).create()
+    with pytest.raises(A.ArgillaError, match="other fields or questions"):
+        A.push(_scored(2), "other-shape", argilla_config)
+
+
+def test_missing_metadata_is_added_to_an_existing_dataset(argilla_stack, argilla_config):
+    client = _sdk(argilla_stack)
+    settings = A.dataset_settings(load_template("humpback"))
+    settings.metadata = [m for m in settings.metadata if m.name != "run_id"]
+    rg.Dataset(name="older-shape", workspace="backtrans", settings=settings, client=client).create()
+    A.push(_scored(3), "older-shape", argilla_config, run_id="r9")
+    dataset = client.datasets(name="older-shape", workspace="backtrans")
+    assert "run_id" in {m.name for m in dataset.settings.metadata}
+    assert {r.metadata.get("run_id") for r in dataset.records()} == {"r9"}
+
+
+def test_cli_push_and_pull(argilla_stack, argilla_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_stack.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_stack.api_key)
+    rows = _scored(6, "cli")
+    scored = write_jsonl(tmp_path / "scored.jsonl", rows)
+    assert main(["argilla", "push", str(scored), "--dataset", "cli-set"]) == 0
+    assert "pushed 6 records" in capsys.readouterr().err
+    ids = _server_ids(argilla_stack, "cli-set")
+    Annotator(argilla_stack, "reviewer-c", "backtrans").respond(ids[A.record_id(rows[4])], "discard", 1)
+    out, report = tmp_path / "merged.jsonl", tmp_path / "agreement.json"
+    assert main(["argilla", "pull", "--dataset", "cli-set", "-o", str(out), "--scored", str(scored),
+                 "--report", str(report)]) == 0
+    printed = capsys.readouterr()
+    assert "Cohen's kappa" in printed.out and argilla_stack.api_key not in printed.out + printed.err
+    merged = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["final_keep"] for r in merged] == [False, False, False, True, False, False]
+    assert merged[4]["human_keep"] is False and merged[4]["reviewer"] == "reviewer-c"
+    assert json.loads(report.read_text())["reviewed"] == 1
+    # Without --scored the rows are rebuilt from Argilla itself.
+    assert main(["argilla", "pull", "--dataset", "cli-set", "-o", str(tmp_path / "rebuilt.jsonl")]) == 0
+    rebuilt = [json.loads(line) for line in (tmp_path / "rebuilt.jsonl").read_text().splitlines()]
+    assert sorted(r["instruction"] for r in rebuilt) == sorted(r["instruction"] for r in rows)
+    assert main(["export", str(out), "-o", str(tmp_path / "final.jsonl")]) == 0
+
+
+def test_cli_reports_a_dead_argilla_with_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ARGILLA_API_KEY", "argilla.apikey.TOPSECRET123456")
+    scored = write_jsonl(tmp_path / "s.jsonl", _scored(2))
+    assert main(["argilla", "push", str(scored), "--dataset", "d"]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9" in err and "TOPSECRET" not in err
