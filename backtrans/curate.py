@@ -1,0 +1,178 @@
+"""Curation: the review table's filters, sorting and pages, quick keep/discard overrides, the score
+histogram, threshold counts, and an inert HTML view of one record.
+
+A `Workbench` holds one user's rows for the interactive faces. It is plain pandas, so a 100k-row run
+filters and pages in milliseconds; the faces only ever render one page.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from backtrans.judge import RESULT_COLUMNS
+
+REVIEW_COLUMNS = ["row", "instruction", "generation", "score", "expected_score", "reason", "status", "final_keep"]
+STATUSES = ("ok", "parse_error", "llm_error", "pending")
+SORTS = {
+    "input order": ("row", True),
+    "score, high first": ("score", False),
+    "score, low first": ("score", True),
+    "expected score, high first": ("expected_score", False),
+    "expected score, low first": ("expected_score", True),
+}
+PREVIEW_CHARS = 300
+
+
+@dataclass
+class Filters:
+    min_score: float = 0
+    max_score: float = 10
+    statuses: tuple[str, ...] = STATUSES
+    text: str = ""
+    sort: str = "input order"
+    include_unscored: bool = True
+
+
+@dataclass
+class Workbench:
+    """One session's rows: the input pairs, the judge's results, and the quick overrides."""
+
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source_name: str = ""
+    overrides: dict[int, bool] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:
+        frame = frame.reset_index(drop=True)
+        for column in RESULT_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+        frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("Float64")
+        frame["expected_score"] = pd.to_numeric(frame["expected_score"], errors="coerce").astype("Float64")
+        if "row" not in frame:
+            frame.insert(0, "row", range(len(frame)))
+        return cls(frame=frame, source_name=source_name)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_result(self, index: int, result: dict) -> None:
+        for column in RESULT_COLUMNS:
+            value = result.get(column)
+            if column in ("score", "expected_score"):
+                value = pd.NA if value is None else float(value)
+            self.frame.at[index, column] = value
+
+    def override(self, index: int, keep: bool | None) -> None:
+        if keep is None:
+            self.overrides.pop(index, None)
+        else:
+            self.overrides[index] = keep
+
+    def with_decisions(self, threshold: int) -> pd.DataFrame:
+        """The rows with `final_keep`: a human override where there is one, else score >= threshold."""
+        frame = self.frame.copy()
+        llm_keep = frame["score"].fillna(-1) >= threshold
+        human = frame["row"].map(self.overrides) if self.overrides else pd.Series(pd.NA, index=frame.index)
+        if "human_keep" in frame:
+            human = human.where(human.notna(), frame["human_keep"])
+        frame["final_keep"] = human.where(human.notna(), llm_keep).astype(bool)
+        return frame
+
+    def filtered(self, filters: Filters, threshold: int) -> pd.DataFrame:
+        frame = self.with_decisions(threshold)
+        status = frame["status"].fillna("pending")
+        mask = status.isin(filters.statuses)
+        score = frame["score"]
+        in_range = (score >= filters.min_score) & (score <= filters.max_score)
+        mask &= in_range.fillna(False) | (score.isna() & filters.include_unscored)
+        if filters.text.strip():
+            needle = filters.text.strip()
+            text = frame["instruction"].astype(str) + "\n" + frame["generation"].astype(str)
+            mask &= text.str.contains(needle, case=False, regex=False)
+        view = frame[mask.astype(bool)]
+        column, ascending = SORTS.get(filters.sort, SORTS["input order"])
+        return view.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+
+    def rows_for_export(self, threshold: int) -> list[dict]:
+        frame = self.with_decisions(threshold)
+        kept = frame[frame["final_keep"]].drop(columns=["row"])
+        return [{k: _plain(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
+
+    def all_rows(self) -> list[dict]:
+        return [{k: _plain(v) for k, v in row.items()} for row in self.frame.drop(columns=["row"]).to_dict("records")]
+
+
+def _plain(value: object) -> object:
+    if value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]:
+    """One page of a view, with long texts shortened for the table; returns it and the page count."""
+    pages = max(1, -(-len(view) // size))
+    number = min(max(1, number), pages)
+    chunk = view.iloc[(number - 1) * size : number * size]
+    shown = chunk.reindex(columns=REVIEW_COLUMNS).copy()
+    for column in ("instruction", "generation", "reason"):
+        shown[column] = shown[column].map(_shorten)
+    return shown, pages
+
+
+def _shorten(value: object) -> str:
+    text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+
+
+def histogram(frame: pd.DataFrame, lo: int = 0, hi: int = 5) -> pd.DataFrame:
+    scores = pd.to_numeric(frame.get("score", pd.Series(dtype=float)), errors="coerce")
+    counts = scores.dropna().astype(int).value_counts()
+    levels = range(min(lo, int(counts.index.min()) if len(counts) else lo),
+                   max(hi, int(counts.index.max()) if len(counts) else hi) + 1)
+    table = pd.DataFrame({"score": [str(s) for s in levels], "pairs": [int(counts.get(s, 0)) for s in levels]})
+    unscored = int(scores.isna().sum())
+    if unscored:
+        table = pd.concat([table, pd.DataFrame({"score": ["none"], "pairs": [unscored]})], ignore_index=True)
+    return table
+
+
+def threshold_counts(scores, threshold: int) -> dict[str, int]:
+    """How many pairs each curation level keeps: the paper's A4 and A5, and the chosen threshold."""
+    valid = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").dropna()
+    return {
+        "scored": int(len(valid)),
+        "kept": int((valid >= threshold).sum()),
+        "A4": int((valid >= 4).sum()),
+        "A5": int((valid >= 5).sum()),
+    }
+
+
+def record_html(row: dict) -> str:
+    """One record in full. Every piece of dataset or model text is escaped: it renders as text only."""
+
+    def block(title: str, value: object) -> str:
+        text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+        return (f'<div class="bt-block"><div class="bt-title">{html.escape(title)}</div>'
+                f'<pre class="bt-text" style="white-space:pre-wrap">{html.escape(text)}</pre></div>')
+
+    score = row.get("score")
+    score_text = "none" if score is None or pd.isna(score) else str(int(score))
+    header = (f"<p><b>Row {html.escape(str(row.get('row', '')))}</b> · score {html.escape(score_text)} · "
+              f"status {html.escape(str(row.get('status') or 'pending'))}"
+              + (f" · expected {float(row['expected_score']):.2f}" if _has(row.get("expected_score")) else "")
+              + "</p>")
+    parts = [header, block("Instruction", row.get("instruction")), block("Response", row.get("generation")),
+             block("Judge's reason", row.get("reason")), block("Raw judge output", row.get("raw_output"))]
+    if row.get("error"):
+        parts.append(block("Error", row.get("error")))
+    return '<div class="bt-record">' + "".join(parts) + "</div>"
+
+
+def _has(value: object) -> bool:
+    return value is not None and not pd.isna(value)
