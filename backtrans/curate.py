@@ -35,6 +35,14 @@ class Filters:
     sort: str = "input order"
     include_unscored: bool = True
 
+    def __post_init__(self) -> None:
+        # Values straight from a form: an emptied box arrives as None.
+        self.min_score = 0 if self.min_score is None else self.min_score
+        self.max_score = 10 if self.max_score is None else self.max_score
+        self.statuses = tuple(self.statuses or ())
+        self.text = self.text or ""
+        self.sort = self.sort if self.sort in SORTS else "input order"
+
 
 @dataclass
 class Workbench:

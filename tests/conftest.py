@@ -140,3 +140,43 @@ class Annotator:
         reply = self.session.post(f"{self.url}/api/v1/records/{record_server_id}/responses",
                                   json={"values": values, "status": status})
         assert reply.status_code == 201, reply.text
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Debian's Chromium: Playwright cannot download its own browser here. No network beyond loopback."""
+    import shutil
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("Chromium is missing: `make browser` installs Debian's chromium")
+    return {
+        **browser_type_launch_args,
+        "executable_path": executable,
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}, "accept_downloads": True}
+
+
+class AppServer:
+    """app.py as a user runs it, in its own process."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]):
+        self.port = local.free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        full_env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "BACKTRANS_DATA_DIR": str(data_dir),
+                    "PYTHONPATH": str(ROOT), **env}
+        self.log = open(data_dir / "app.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        local.wait_http(self.url, 90, pid=self.process.pid)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.log.close()

@@ -1,0 +1,149 @@
+"""Real Chromium, driven by Playwright, through the whole flow of the app and through Argilla's own UI."""
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from backtrans import argilla_sync as A
+from tests.conftest import ROOT, AppServer, Annotator, write_jsonl
+
+SCREENSHOTS = Path(os.environ["BACKTRANS_SCREENSHOTS"]) if os.environ.get("BACKTRANS_SCREENSHOTS") else None
+
+
+@pytest.fixture
+def app_server(tmp_path, fake_process, argilla_stack):
+    fake = fake_process("--latency", "0.02")
+    server = AppServer(tmp_path, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "fake-judge",
+                                  "ARGILLA_API_URL": argilla_stack.url, "ARGILLA_API_KEY": argilla_stack.api_key,
+                                  "OPENAI_API_KEY": "sk-browser-SECRET-abcdef0123456789"})
+    server.fake = fake
+    yield server
+    server.stop()
+
+
+def _tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _set_number(page: Page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path):
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(app_server.url)
+
+    page.click("#data-sample")
+    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+
+    _tab(page, "3 · Judge")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("30/30 rows", timeout=60_000)
+    assert app_server.fake.stats()["requests"] == 30
+
+    _tab(page, "4 · Review")
+    table = page.locator("#results-table")
+    expect(table).to_contain_text("The answer addresses the request.")  # the judge's reason beside the pair
+    expect(table).to_contain_text("How do I reverse a list in Python?")
+    if SCREENSHOTS:
+        page.screenshot(path=str(SCREENSHOTS / "screenshot-review.png"), full_page=True)
+
+    _set_number(page, "filter-min", "5")
+    expect(page.locator("#page-info")).not_to_contain_text(" 30 rows match")
+    matching = int(re.search(r"(\d+) rows match", page.locator("#page-info").inner_text()).group(1))
+    _set_number(page, "filter-min", "0")
+    expect(page.locator("#page-info")).to_contain_text("30 rows match")
+
+    _set_number(page, "threshold", "5")
+    expect(page.locator("#threshold-counts")).to_contain_text(f"kept at ≥5: {matching}")
+
+    _tab(page, "5 · Argilla")
+    page.fill("#argilla-dataset textarea, #argilla-dataset input", "browser-flow")
+    page.click("#argilla-push")
+    expect(page.locator("#argilla-status")).to_contain_text("Pushed 30 records", timeout=90_000)
+    rows = [json.loads(line) for line in (ROOT / "backtrans/data/sample_pairs.jsonl").read_text().splitlines()]
+    import argilla as rg
+
+    client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
+    server_ids = {str(r.id): r._server_id for r in client.datasets(name="browser-flow", workspace="backtrans").records()}
+    reviewer = Annotator(argilla_stack, "browser-reviewer")
+    reviewer.respond(server_ids[A.record_id(rows[0])], "discard", 1, "not for training")
+    reviewer.respond(server_ids[A.record_id(rows[20])], "keep", 5)
+    page.click("#argilla-pull")
+    expect(page.locator("#argilla-agreement")).to_contain_text("over 2 reviewed pairs", timeout=60_000)
+    expect(page.locator("#argilla-agreement")).to_contain_text("Cohen's kappa")
+
+    _tab(page, "6 · Export")
+    with page.expect_download() as download_info:
+        page.click("#export-download")
+    exported = [json.loads(line) for line in Path(download_info.value.path()).read_text().splitlines()]
+    instructions = {row["instruction"] for row in exported}
+    assert rows[0]["instruction"] not in instructions  # the reviewer's discard wins
+    assert rows[20]["instruction"] in instructions  # the reviewer's keep wins
+    assert all(row["score"] == 5 or row["instruction"] == rows[20]["instruction"] for row in exported)
+    assert all({"score", "reason", "status"} <= set(row) for row in exported)
+
+    outside = [url for url in requests if not url.startswith(("http://127.0.0.1", "data:", "blob:"))]
+    assert outside == [], outside
+    assert "sk-browser-SECRET" not in page.content()
+
+
+def test_dataset_text_is_inert_in_the_page(page: Page, app_server, tmp_path):
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    hostile = write_jsonl(tmp_path / "hostile.jsonl", [
+        {"instruction": "<script>window.__xss = 1; alert('xss')</script> what?",
+         "generation": '<img src=x onerror="window.__xss = 2; alert(2)"> answer **bold**'},
+        {"instruction": "plain question", "generation": "plain answer"},
+    ])
+    page.goto(app_server.url)
+    page.set_input_files("#data-upload input[type=file]", str(hostile))
+    expect(page.locator("#data-status")).to_contain_text("Loaded 2 pairs", timeout=30_000)
+    _tab(page, "3 · Judge")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("2/2 rows", timeout=60_000)
+    _tab(page, "4 · Review")
+    table = page.locator("#results-table")
+    expect(table).to_contain_text("<script>window.__xss = 1;")
+    table.get_by_text("<script>window.__xss = 1;").filter(visible=True).first.click()
+    expect(page.locator("#record-detail")).to_contain_text('<img src=x onerror="window.__xss = 2; alert(2)">')
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__xss") is None
+    assert dialogs == []
+    assert page.locator("#record-detail img").count() == 0
+
+
+def test_a_reviewer_works_in_argillas_own_ui(page: Page, argilla_stack, argilla_config):
+    rows = [{"instruction": f"UI question {i}?", "generation": f"UI answer {i}.", "score": 5 - i, "reason": "ok",
+             "model_name": "judge-ui", "expected_score": 4.5 - i, "status": "ok"} for i in range(3)]
+    A.push(rows, "ui-review", argilla_config, threshold=4)
+    Annotator(argilla_stack, "ui-reviewer")  # creates the account in the workspace
+    page.goto(argilla_stack.url + "/sign-in")
+    page.fill("input[name=Username]", "ui-reviewer")
+    page.fill("input[name=Password]", "annotate-123")
+    page.click("button:has-text('Sign in')")
+    page.get_by_text("ui-review", exact=True).click()
+    expect(page.get_by_text("Suggestion").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("judge-ui").first).to_be_visible()
+    shown = page.get_by_text(re.compile(r"^UI question \d\?$")).first.inner_text()
+    if SCREENSHOTS:
+        page.screenshot(path=str(SCREENSHOTS / "screenshot-argilla.png"))
+    page.get_by_role("button", name=re.compile("discard")).first.click()
+    page.get_by_role("button", name=re.compile("Submit")).click()
+
+    row = next(r for r in rows if r["instruction"] == shown)
+    deadline = time.monotonic() + 30
+    while True:  # the UI saves in the background; pull until the response arrives
+        decision = A.pull("ui-review", argilla_config)[A.record_id(row)]
+        if decision.votes or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert decision.human_keep is False and decision.reviewer == "ui-reviewer"
