@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from backtrans import argilla_sync as A
-from tests.conftest import ROOT, AppServer, Annotator, write_jsonl
+from tests.conftest import ROOT, Annotator, AppServer, write_jsonl
 
 SCREENSHOTS = Path(os.environ["BACKTRANS_SCREENSHOTS"]) if os.environ.get("BACKTRANS_SCREENSHOTS") else None
 
@@ -73,7 +73,8 @@ def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path)
     import argilla as rg
 
     client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
-    server_ids = {str(r.id): r._server_id for r in client.datasets(name="browser-flow", workspace="backtrans").records()}
+    dataset = client.datasets(name="browser-flow", workspace="backtrans")
+    server_ids = {str(r.id): r._server_id for r in dataset.records()}
     reviewer = Annotator(argilla_stack, "browser-reviewer")
     reviewer.respond(server_ids[A.record_id(rows[0])], "discard", 1, "not for training")
     reviewer.respond(server_ids[A.record_id(rows[20])], "keep", 5)
