@@ -139,7 +139,10 @@ class LLMClient:
                     await self.limiter.wait()
                 async with self.semaphore:
                     started = time.perf_counter()
-                    response = await self.client.chat.completions.create(**request)
+                    # The client's plain POST: same auth, base URL, timeouts and error types as
+                    # `chat.completions.create`, without its typed request transform and response
+                    # models, which cost more CPU than the rest of a call (see docs/benchmarks.md).
+                    response = await self.client.post("/chat/completions", body=request, cast_to=dict)
                     latency = time.perf_counter() - started
                 return self._completion(response, prefill, latency, attempt)
             except openai.APIStatusError as exc:
@@ -150,7 +153,7 @@ class LLMClient:
                 if attempt > self.settings.max_retries:
                     kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
                     raise self._failure(f"{kind} after {attempt} attempts: {exc}", attempt) from None
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise self._failure(f"malformed response: {exc}", attempt) from None
             self.retries += 1
             if wait_s is None:
@@ -162,20 +165,22 @@ class LLMClient:
         target = self.settings.base_url or "api.openai.com"
         return LLMError(redact(f"{message} (endpoint {target})", self.settings.api_key), attempts)
 
-    def _completion(self, response, prefill: str, latency: float, attempts: int) -> Completion:
-        if not getattr(response, "choices", None):
-            raise ValueError("no choices in the reply")
-        choice = response.choices[0]
-        text = choice.message.content or ""
+    def _completion(self, response: dict, prefill: str, latency: float, attempts: int) -> Completion:
+        if not isinstance(response, dict) or not response.get("choices"):
+            raise ValueError(f"no choices in the reply: {str(response)[:200]!r}")
+        choice = response["choices"][0]
+        text = (choice.get("message") or {}).get("content") or ""
         tokens = None
-        if choice.logprobs is not None and choice.logprobs.content:
+        content = (choice.get("logprobs") or {}).get("content")
+        if content:
             tokens = [
                 {
-                    "token": t.token,
-                    "logprob": t.logprob,
-                    "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])],
+                    "token": t.get("token", ""),
+                    "logprob": t.get("logprob"),
+                    "top_logprobs": [{"token": a.get("token", ""), "logprob": a.get("logprob")}
+                                     for a in (t.get("top_logprobs") or [])],
                 }
-                for t in choice.logprobs.content
+                for t in content
             ]
         # Some servers echo the prefill in the content, some do not; report it in front, once,
         # and keep the token offsets aligned with the text.
@@ -183,15 +188,15 @@ class LLMClient:
             text = prefill + text
         if prefill and tokens and not "".join(t["token"] for t in tokens).startswith(prefill):
             tokens.insert(0, {"token": prefill, "logprob": 0.0, "top_logprobs": []})
-        usage = response.usage
+        usage = response.get("usage") or {}
         return Completion(
             text=text,
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=latency,
             attempts=attempts,
             logprobs=tokens,
-            model=self.settings.model or getattr(response, "model", "") or "",
+            model=self.settings.model or str(response.get("model") or ""),
         )
 
 

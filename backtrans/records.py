@@ -261,7 +261,7 @@ def iter_rows(
     optional = tuple(optional)
     mapping = parse_mapping(mapping)
     resolved: dict[str, str] | None = None
-    seen: dict[bytes, str] = {}
+    seen: set[int] = set()  # 8-byte fingerprints: a million rows cost tens of MB, not hundreds
     count = 0
     name = Path(source).name if Path(source).is_file() else str(source)
     for located in read_raw(source, config=config, split=split):
@@ -298,21 +298,34 @@ def iter_rows(
                     f"{located.where}: column {source_column!r} holds {len(value):,} characters, "
                     f"over the limit of {MAX_FIELD_CHARS:,}"
                 )
-        fingerprint = hashlib.blake2b(
-            json.dumps([out.get(c) for c in required], ensure_ascii=False).encode(), digest_size=12
-        ).digest()
+        fingerprint = _fingerprint(out, required)
         if fingerprint in seen:
             if drop_duplicates:
                 continue
+            first = _first_with(source, fingerprint, mapping, required, optional, config, split)
             raise RecordsError(
-                f"{located.where}: duplicate of {seen[fingerprint]} (same {' and '.join(required)}); "
+                f"{located.where}: duplicate of {first} (same {' and '.join(required)}); "
                 "remove it or pass --drop-duplicates"
             )
-        seen[fingerprint] = located.where
+        seen.add(fingerprint)
         count += 1
         yield Located(located.where, out)
     if count == 0 and resolved is None:
         raise RecordsError(f"{name}: no rows (only a header, or blank lines)")
+
+
+def _fingerprint(row: dict, columns: tuple[str, ...]) -> int:
+    blob = json.dumps([row.get(c) for c in columns], ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big")
+
+
+def _first_with(source, fingerprint: int, mapping, required, optional, config, split) -> str:
+    """Where a duplicate first appeared: found again by reading, since only fingerprints are kept."""
+    for located in iter_rows(source, mapping, required, config=config, split=split, optional=optional,
+                             drop_duplicates=True):
+        if _fingerprint(located.row, required) == fingerprint:
+            return located.where
+    return "an earlier row"
 
 
 def validate(source: str | os.PathLike, **kwargs) -> int:

@@ -8,6 +8,7 @@ immutable sandbox with undefined names as errors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -67,10 +68,15 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    # Compiling costs far more than rendering; a run renders one template for every row.
+    return _environment().from_string(source)
+
+
 def render_source(source: str, name: str, values: dict) -> str:
-    env = _environment()
     try:
-        return env.from_string(source).render(**values)
+        return _compiled(source).render(**values)
     except jinja2.exceptions.SecurityError as exc:
         raise TemplateError(f"template {name!r} was refused by the sandbox: {exc}") from None
     except jinja2.exceptions.UndefinedError as exc:
