@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--policy", choices=["majority", "unanimous", "any-discard"], default="majority")
     pull.add_argument("--min-score", type=int, default=4)
     pull.add_argument("--report", help="write the agreement report as JSON here")
+
+    deploy = sub.add_parser("deploy", help="create or update the Hugging Face Space (see space.yaml)")
+    deploy.add_argument("--space", required=True, metavar="OWNER/NAME")
+    deploy.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     return parser
 
 
@@ -244,9 +248,24 @@ def cmd_argilla(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from backtrans import deploy
+
+    try:
+        plan = deploy.plan(args.space)
+        print(plan.describe())
+        if args.dry_run:
+            print("dry run: nothing was changed")
+            return 0
+        print(f"deployed: {deploy.deploy(plan)}")
+    except deploy.DeployError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 COMMANDS = {"score": cmd_llm_task, "generate": cmd_llm_task, "curate": cmd_curate, "export": cmd_export,
             "runs": cmd_runs, "local": cmd_local,
-            "argilla": cmd_argilla}
+            "argilla": cmd_argilla, "deploy": cmd_deploy}
 
 
 def main(argv: list[str] | None = None) -> int:
