@@ -137,8 +137,10 @@ def test_a_reviewer_works_in_argillas_own_ui(page: Page, argilla_stack, argilla_
     shown = page.get_by_text(re.compile(r"^UI question \d\?$")).first.inner_text()
     if SCREENSHOTS:
         page.screenshot(path=str(SCREENSHOTS / "screenshot-argilla.png"))
-    page.get_by_role("button", name=re.compile("discard")).first.click()
-    page.get_by_role("button", name=re.compile("Submit")).click()
+    page.get_by_text("discard", exact=True).first.click()  # the label option, not the record's Discard action
+    submit = page.locator("button[type=submit]")
+    expect(submit).to_be_enabled(timeout=10_000)
+    submit.click()
 
     row = next(r for r in rows if r["instruction"] == shown)
     deadline = time.monotonic() + 30
