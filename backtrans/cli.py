@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 from backtrans.argilla_sync import ArgillaError
-from backtrans.augment import ResponseTask
+from backtrans.augment import (
+    BackwardTask,
+    FilterReport,
+    FilterSettings,
+    ResponseTask,
+    candidate_rows,
+    load_seed_examples,
+)
 from backtrans.export import ExportError, RowWriter, curated, keep, push_to_hub, score_histogram
 from backtrans.judge import JudgeTask
 from backtrans.llm import LLMClient, LLMSettings, redact
@@ -42,6 +49,8 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--drop-duplicates", action="store_true", help="keep the first of duplicate pairs")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"run store (default {DEFAULT_STORE})")
     parser.add_argument("--resume", metavar="RUN_ID", help="continue a run from the store, with its settings")
+    parser.add_argument("--parent", metavar="RUN_ID", help="this run is the next round of RUN_ID (its lineage): "
+                        "the input's earlier verdict columns are kept as score_r1, reason_r1, ...")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -53,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                  os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE))
     _llm_options(sub.add_parser("generate", help="write responses for instructions that lack one"),
                  "generate-response")
+    augment = sub.add_parser("augment", help="self-augmentation: write instructions for unlabelled documents")
+    _llm_options(augment, "backward-instruction")
+    augment.add_argument("--seed", help="JSONL of (instruction, output) seed pairs used as examples "
+                         "(default: a few bundled ones)")
+    augment.add_argument("--examples", type=int, default=3, help="seed pairs per prompt (default 3)")
+    augment.add_argument("--min-chars", type=int, default=200, help="drop shorter segments (default 200)")
+    augment.add_argument("--max-chars", type=int, default=6000, help="drop longer segments (default 6000)")
+    augment.add_argument("--max-header-caps", type=float, default=0.5,
+                         help="drop segments whose header has a larger share of capital letters (default 0.5)")
+    augment.add_argument("--near-duplicate", type=float, default=0.8,
+                         help="MinHash Jaccard similarity at which segments count as duplicates (default 0.8)")
 
     curate = sub.add_parser("curate", help="keep the pairs scored at or above a threshold")
     curate.add_argument("input")
@@ -69,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=DEFAULT_STORE)
+    runs.add_argument("--lineage", metavar="RUN_ID", help="the rounds that led to RUN_ID, with A4/A5 per round")
 
     local = sub.add_parser("local", help="the embedded default: local LLM server and local Argilla")
     local.add_argument("action", choices=["up", "down", "status", "env"])
@@ -124,19 +145,33 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
         raise UsageError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
     settings = _settings(args)
     template = load_template(args.template)
+    source = args.input if not Path(args.input).exists() else str(Path(args.input).resolve())
+    row_source, report = None, None
     if args.command == "score":
         task, required, optional = JudgeTask(template, settings), PAIR_COLUMNS, ()
-    else:
+    elif args.command == "generate":
         task, required, optional = ResponseTask(template, settings), ("instruction",), ("generation",)
-    source = args.input if not Path(args.input).exists() else str(Path(args.input).resolve())
+    else:
+        task = BackwardTask(template, settings, load_seed_examples(args.seed, args.examples))
+        required, optional = ("text",), ()
+        filters = FilterSettings(args.min_chars, args.max_chars, args.max_header_caps, args.near_duplicate)
+
+        def row_source():
+            nonlocal report
+            report = FilterReport()
+            return candidate_rows(source, filters, report, config=args.hf_config, split=args.split,
+                                  mapping=parse_mapping(args.map))
+
     job = FileJob(source=source, output=str(Path(args.output).resolve()), task=task, store_path=args.store,
                   mapping=parse_mapping(args.map), required=required, optional=optional,
-                  config=args.hf_config, split=args.split, drop_duplicates=args.drop_duplicates)
+                  config=args.hf_config, split=args.split, drop_duplicates=args.drop_duplicates,
+                  row_source=row_source, parent_run_id=args.parent)
+    total = job.validate()  # the whole input is checked before the first call
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=job.validate(), unit="row", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
 
     def on_progress(progress) -> None:
         if bar is not None:
@@ -146,9 +181,11 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
                                 refresh=False)
 
     client = LLMClient(settings)
-    run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress)
+    run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress, total=total)
     if bar is not None:
         bar.close()
+    if report is not None:
+        print(f"filters: {report.describe()}", file=sys.stderr)
     print(f"run {run_id}: {progress.summary()}; retries {client.retries}", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -184,6 +221,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
+    if args.lineage:
+        chain = store.lineage(args.lineage)
+        if not chain:
+            raise UsageError(f"no run {args.lineage!r} in {args.store}")
+        for number, info in enumerate(chain, start=1):
+            counts = store.summary(info.run_id)
+            print(f"round {number}: {info.run_id}  {info.config.get('model')}  "
+                  f"{Path(str(info.config.get('template'))).stem}  rows {counts['rows']}  "
+                  f"A4 {counts['A4']}  A5 {counts['A5']}")
+        return 0
     for info in store.runs():
         usage = store.usage(info.run_id)
         state = "finished" if info.finished else "unfinished"
@@ -263,9 +310,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"score": cmd_llm_task, "generate": cmd_llm_task, "curate": cmd_curate, "export": cmd_export,
-            "runs": cmd_runs, "local": cmd_local,
-            "argilla": cmd_argilla, "deploy": cmd_deploy}
+COMMANDS = {
+    "score": cmd_llm_task,
+    "generate": cmd_llm_task,
+    "augment": cmd_llm_task,
+    "curate": cmd_curate,
+    "export": cmd_export,
+    "runs": cmd_runs,
+    "local": cmd_local,
+    "argilla": cmd_argilla,
+    "deploy": cmd_deploy,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +76,7 @@ async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, 
     key = task.key(row)
     cached = store.get(key)
     if cached is not None:
+        store.link(run_id, key)
         return cached, True, None
     completion = None
     try:
@@ -144,6 +145,8 @@ class FileJob:
     split: str | None = None
     drop_duplicates: bool = False
     output_format: str | None = None
+    row_source: Callable[[], Iterator[dict]] | None = None  # rows from elsewhere than a records file
+    parent_run_id: str | None = None
 
     def run_config(self) -> dict:
         task = self.task
@@ -157,9 +160,12 @@ class FileJob:
             "mapping": self.mapping,
             "config": self.config,
             "split": self.split,
+            "parent_run_id": self.parent_run_id,
         }
 
-    def rows(self):
+    def rows(self) -> Iterator[dict]:
+        if self.row_source is not None:
+            return self.row_source()
         from backtrans.records import iter_rows
 
         located = iter_rows(
@@ -172,20 +178,28 @@ class FileJob:
         """Read the input once before any call: a bad line stops the job before it costs anything."""
         return sum(1 for _ in self.rows())
 
-    def run(self, client: LLMClient, run_id: str | None = None, on_progress=None) -> tuple[str, Progress]:
+    def run(self, client: LLMClient, run_id: str | None = None, on_progress=None,
+            total: int | None = None) -> tuple[str, Progress]:
+        """`total`: the row count from an earlier `validate()`, so the input is not read twice for it."""
         from backtrans.export import RowWriter
 
-        total = self.validate()
+        total = self.validate() if total is None else total
         store = RunStore(self.store_path)
         try:
             config = self.run_config()
-            run_id = run_id or store.find_run(self.task.kind, config) or store.start_run(self.task.kind, config)
+            run_id = (run_id or store.find_run(self.task.kind, config)
+                      or store.start_run(self.task.kind, config, parent=self.parent_run_id))
             progress = Progress(total=total)
+            # A later round keeps the earlier round's verdict beside its own: score_r1, reason_r1, ...
+            earlier = len(store.lineage(self.parent_run_id)) if self.parent_run_id else 0
 
             async def drive() -> None:
                 with RowWriter(self.output, self.output_format) as writer:
                     try:
                         async for row, result in run_rows(self.rows(), self.task, client, store, run_id, progress):
+                            if earlier:
+                                row = {(f"{k}_r{earlier}" if k in self.task.output_columns else k): v
+                                       for k, v in row.items()}
                             writer.write(merge(row, result, self.task.output_columns))
                             if on_progress:
                                 on_progress(progress)

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS calls (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id);
+CREATE TABLE IF NOT EXISTS run_rows (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
 """
 
 CACHEABLE = ("ok", "parse_error")
@@ -156,6 +161,33 @@ class RunStore:
                     "INSERT OR REPLACE INTO results(key, run_id, status, result, created) VALUES (?,?,?,?,?)",
                     (key, run_id, result["status"], json.dumps(result, ensure_ascii=False), now),
                 )
+                self.db.execute("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)", (run_id, key))
+
+    def link(self, run_id: str, key: str) -> None:
+        """A cached result that also belongs to this run (for the run's own summary)."""
+        self.db.execute("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)", (run_id, key))
+
+    def lineage(self, run_id: str) -> list[RunInfo]:
+        """The run and its ancestors, oldest first: round 1, round 2, ..."""
+        chain: list[RunInfo] = []
+        current = self.run(run_id)
+        while current is not None and current not in chain:
+            chain.insert(0, current)
+            current = self.run(current.parent_run_id) if current.parent_run_id else None
+        return chain
+
+    def summary(self, run_id: str) -> dict:
+        """Rows finished in a run, by status, and how many the paper's A4 (>= 4) and A5 (5) keep."""
+        counts = {"rows": 0, "ok": 0, "parse_error": 0, "A4": 0, "A5": 0}
+        query = "SELECT r.status, r.result FROM run_rows rr JOIN results r ON r.key = rr.key WHERE rr.run_id = ?"
+        for status, result in self.db.execute(query, (run_id,)):
+            counts["rows"] += 1
+            counts[status] = counts.get(status, 0) + 1
+            score = json.loads(result).get("score")
+            if isinstance(score, (int, float)):
+                counts["A4"] += score >= 4
+                counts["A5"] += score >= 5
+        return counts
 
     def usage(self, run_id: str | None = None) -> dict:
         where, args = ("WHERE run_id=?", (run_id,)) if run_id else ("", ())

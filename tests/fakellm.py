@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 
 _MARKER = re.compile(r"\[\[score=(\d+)\]\]")
@@ -60,6 +60,7 @@ class FakeLLM:
         self.statuses: Counter = Counter()
         self.prompts: Counter = Counter()
         self.api_keys: Counter = Counter()
+        self.recent_prompts: deque[str] = deque(maxlen=1000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -117,6 +118,7 @@ class FakeLLM:
         self.statuses.clear()
         self.prompts.clear()
         self.api_keys.clear()
+        self.recent_prompts.clear()
 
     # --- HTTP ------------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -174,6 +176,7 @@ class FakeLLM:
         prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         self.prompts[hashlib.sha256(prompt.encode()).hexdigest()] += 1
+        self.recent_prompts.append(prompt)
         draw = self.rng.random()
         if cfg.latency_s:
             await asyncio.sleep(cfg.latency_s)
