@@ -17,7 +17,14 @@ import gradio as gr
 import pandas as pd
 
 from backtrans import argilla_sync
-from backtrans.augment import ResponseTask
+from backtrans.augment import (
+    BackwardTask,
+    FilterReport,
+    FilterSettings,
+    ResponseTask,
+    candidate_rows,
+    load_seed_examples,
+)
 from backtrans.curate import SORTS, STATUSES, Filters, Workbench, histogram, page, record_html, threshold_counts
 from backtrans.export import RowWriter, push_to_hub
 from backtrans.judge import JudgeTask
@@ -31,6 +38,9 @@ DATA_DIR = Path(os.environ.get("BACKTRANS_DATA_DIR", Path(__file__).parent / ".b
 STORE_PATH = str(DATA_DIR / "runs.sqlite")
 DEFAULT_TEMPLATE = os.environ.get("BACKTRANS_TEMPLATE", "humpback")
 CUSTOM = "custom"
+# A judge template that reads digit probabilities ranks better by expected score (docs/judge-models.md).
+KEEP_BY = "expected_score" if load_template(DEFAULT_TEMPLATE).logprobs else "score"
+DEFAULT_THRESHOLD = 3.8 if KEEP_BY == "expected_score" else 4
 STREAM_EVERY_S = 0.25
 PAGE_SIZE = 50
 NO_MAPPING = "(none)"
@@ -82,6 +92,7 @@ def load_data(source: str, instruction_column: str | None, generation_column: st
     except RecordsError as exc:
         return None, pd.DataFrame(), f"**Cannot load this data.** {exc}"
     bench = Workbench.from_frame(frame, source_name=source)
+    bench.keep_by = KEEP_BY
     missing = int(frame["generation"].isna().sum()) if "generation" in frame else len(frame)
     note = f" {missing} have no response yet: use **Generate**." if missing else ""
     return bench, frame.head(5), f"Loaded **{len(frame)}** pairs from `{Path(source).name}`.{note}"
@@ -192,6 +203,47 @@ async def generate(bench: Workbench | None, model: str, base_url: str, api_key: 
         yield pd.DataFrame(), f"**Stopped by an error.** {redact(f'{type(exc).__name__}: {exc}', api_key)}"
 
 
+async def augment(files: list[str] | None, seeds: str | None, min_chars: float, max_chars: float,
+                  near_duplicate: float, model: str, base_url: str, api_key: str, concurrency: float):
+    """Self-augmentation: documents -> segments -> filters -> an instruction for each segment."""
+    if not files:
+        yield None, pd.DataFrame(), "Upload documents (.txt, .md, .html, or JSONL/Parquet with a `text` column)."
+        return
+    folder = DATA_DIR / "documents" / hashlib.sha256("".join(sorted(files)).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copyfile(path, folder / Path(path).name)
+    filters = FilterSettings(int(min_chars), int(max_chars), near_duplicate_threshold=float(near_duplicate))
+    report = FilterReport()
+    try:
+        task = BackwardTask(load_template("backward-instruction"), _settings(model, base_url, api_key, concurrency),
+                            load_seed_examples(seeds))
+        sources = [folder] if all(Path(f).suffix.lower() in (".txt", ".md", ".html", ".htm") for f in files) else [
+            folder / Path(f).name for f in files]
+        rows = [row for source in sources for row in candidate_rows(source, filters, report)]
+    except (RecordsError, TemplateError) as exc:
+        yield None, pd.DataFrame(), f"**Cannot read the documents.** {exc}"
+        return
+    if not rows:
+        yield None, pd.DataFrame(), f"No segment passed the filters: {report.describe()}"
+        return
+    bench = Workbench.from_frame(pd.DataFrame(rows), source_name=str(folder))
+    bench.keep_by = KEEP_BY
+    bench.frame["instruction"] = None
+
+    def apply(index: int, result: dict) -> None:
+        bench.frame.at[index, "instruction"] = result.get("instruction")
+
+    run_config = {"source": str(folder), "kind": "augment", "model": task.settings.model,
+                  "base_url": task.settings.base_url, "rows": len(rows), "seeds": task.examples}
+    try:
+        async for progress in _stream(bench, task, rows, list(range(len(rows))), run_config, apply):
+            yield (bench, bench.frame[["instruction", "generation", "source"]].head(8),
+                   f"Filters: {report.describe()}. Instructions: {_progress_text(progress)}")
+    except Exception as exc:
+        yield bench, pd.DataFrame(), f"**Stopped by an error.** {redact(f'{type(exc).__name__}: {exc}', api_key)}"
+
+
 def list_runs() -> gr.Dropdown:
     runs = RunStore(STORE_PATH).runs() if Path(STORE_PATH).exists() else []
     choices = [(f"{r.run_id} · {r.kind} · {Path(str(r.config.get('source', ''))).name} · "
@@ -218,10 +270,12 @@ def review_view(bench: Workbench | None, filters: Filters, threshold: float, pag
     if bench is None or not len(bench):
         empty = pd.DataFrame(columns=["row", "instruction", "generation", "score", "reason", "status"])
         return empty, "Page 1 of 1", histogram(pd.DataFrame()), ""
-    view = bench.filtered(filters, int(threshold))
+    view = bench.filtered(filters, float(threshold))
     shown, pages = page(view, int(page_number or 1), PAGE_SIZE)
-    counts = threshold_counts(bench.frame["score"], int(threshold))
-    summary = (f"Scored {counts['scored']} of {len(bench)} · kept at ≥{int(threshold)}: **{counts['kept']}** · "
+    counts = threshold_counts(bench.frame["score"], float(threshold))
+    kept = int(bench.with_decisions(float(threshold))["final_keep"].sum())
+    by = "expected score" if bench.keep_by == "expected_score" else "score"
+    summary = (f"Scored {counts['scored']} of {len(bench)} · kept ({by} ≥{float(threshold):g}): **{kept}** · "
                f"A4 (≥4): **{counts['A4']}** · A5 (=5): **{counts['A5']}**"
                + (f" · {len(bench.overrides)} overrides" if bench.overrides else ""))
     info = f"Page {min(int(page_number or 1), pages)} of {pages} · {len(view)} rows match"
@@ -231,6 +285,12 @@ def review_view(bench: Workbench | None, filters: Filters, threshold: float, pag
 def refresh_review(bench, threshold, min_score, max_score, statuses, text, sort, page_number):
     return review_view(bench, Filters(min_score, max_score, tuple(statuses or ()), text, sort), threshold,
                        page_number)
+
+
+def set_keep_by(bench: Workbench | None, keep_by: str, *filters):
+    if bench is not None:
+        bench.keep_by = keep_by
+    return refresh_review(bench, *filters)
 
 
 def select_row(bench: Workbench | None, table: pd.DataFrame, event: gr.SelectData):
@@ -262,7 +322,7 @@ def push_to_argilla(bench: Workbench | None, dataset: str, workspace: str, templ
         config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
         template = load_template(template_name if template_name != CUSTOM else DEFAULT_TEMPLATE)
         rows = bench.all_rows()
-        report = argilla_sync.push(rows, dataset, config, template=template, threshold=int(threshold),
+        report = argilla_sync.push(rows, dataset, config, template=template, threshold=round(threshold),
                                    on_progress=lambda n: progress(n / len(rows), desc=f"{n}/{len(rows)} records"))
     except (argilla_sync.ArgillaError, TemplateError) as exc:
         return f"**Push failed.** {exc}"
@@ -278,10 +338,10 @@ def pull_from_argilla(bench: Workbench | None, dataset: str, workspace: str, pol
         decisions = argilla_sync.pull(dataset, config, policy)
     except argilla_sync.ArgillaError as exc:
         return f"**Pull failed.** {exc}", empty, pd.DataFrame()
-    merged = argilla_sync.merge(bench.all_rows(), decisions, int(threshold))
+    merged = argilla_sync.merge(bench.all_rows(), decisions, round(threshold))
     for column in ("human_keep", "human_score", "human_note", "reviewer"):
         bench.frame[column] = [row[column] for row in merged]
-    report = argilla_sync.agreement(merged, int(threshold), decisions)
+    report = argilla_sync.agreement(merged, round(threshold), decisions)
     confusion = pd.DataFrame(
         [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
          for llm in ("keep", "discard") for human in ("keep", "discard")]
@@ -303,7 +363,7 @@ def export_file(bench: Workbench | None, fmt: str, threshold: float) -> str | No
     suffix = {"jsonl": ".jsonl", "chat": ".jsonl", "csv": ".csv", "parquet": ".parquet"}[fmt]
     path = Path(tempfile.mkdtemp(prefix="backtrans-export-")) / f"backtrans-curated-{fmt}{suffix}"
     with RowWriter(path, fmt) as writer:
-        for row in bench.rows_for_export(int(threshold)):
+        for row in bench.rows_for_export(float(threshold)):
             writer.write(row)
     return str(path)
 
@@ -351,7 +411,20 @@ with gr.Blocks(title="backtrans") as demo:
                                     elem_id="data-preview")
 
     with gr.Tab("2 · Generate"):
-        gr.Markdown("Write responses for instructions that have none (the model settings are those of step 3).")
+        gr.Markdown("**Self-augmentation:** turn unlabelled documents into (instruction, response) candidates. "
+                    "Documents are cut at their headers, filtered, and the model writes the instruction each "
+                    "segment answers, prompted with a few seed pairs. The model settings are those of step 3.")
+        with gr.Row():
+            documents = gr.File(label="Documents (.txt, .md, .html, or JSONL/Parquet with `text`)",
+                                file_count="multiple", elem_id="augment-documents")
+            seeds = gr.File(label="Seed (instruction, output) pairs, JSONL (optional)", elem_id="augment-seeds")
+        with gr.Row():
+            min_chars = gr.Number(200, label="Min segment characters", elem_id="augment-min-chars")
+            max_chars = gr.Number(6000, label="Max segment characters", elem_id="augment-max-chars")
+            near_duplicate = gr.Slider(0.5, 1.0, value=0.8, step=0.05, label="Near-duplicate similarity",
+                                       elem_id="augment-near-duplicate")
+        augment_start = gr.Button("Write instructions for the documents", elem_id="augment-start")
+        gr.Markdown("**Instruction-only data:** write a response for every instruction that has none.")
         generate_start = gr.Button("Generate missing responses", elem_id="generate-start")
         generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
         generate_status = gr.Markdown(elem_id="generate-status")
@@ -385,7 +458,10 @@ with gr.Blocks(title="backtrans") as demo:
 
     with gr.Tab("4 · Review"):
         with gr.Row():
-            threshold = gr.Slider(0, 5, value=4, step=1, label="Keep pairs scored at least", elem_id="threshold")
+            threshold = gr.Slider(0, 5, value=DEFAULT_THRESHOLD, step=0.1, label="Keep pairs scored at least",
+                                  elem_id="threshold")
+            keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score")], value=KEEP_BY,
+                               label="Compare with", elem_id="keep-by")
             curation = gr.Markdown(elem_id="threshold-counts")
         with gr.Row():
             min_score = gr.Number(0, label="Min score", elem_id="filter-min")
@@ -460,8 +536,13 @@ with gr.Blocks(title="backtrans") as demo:
     generating = generate_start.click(generate, [bench_state, model, base_url, api_key, concurrency],
                                       [generate_preview, generate_status], api_name="generate",
                                       show_progress_on=[generate_status])
-    generate_stop.click(None, None, None, cancels=[generating])
+    augmenting = augment_start.click(augment, [documents, seeds, min_chars, max_chars, near_duplicate, model,
+                                               base_url, api_key, concurrency],
+                                     [bench_state, generate_preview, generate_status], api_name="augment",
+                                     show_progress_on=[generate_status])
+    generate_stop.click(None, None, None, cancels=[generating, augmenting])
     after_load(generating)
+    after_load(augmenting)
 
     template.change(lambda name: gr.update(value=template_source(name)) if name != CUSTOM else gr.update(),
                     template, custom_template, api_name=False)
@@ -478,6 +559,8 @@ with gr.Blocks(title="backtrans") as demo:
 
     for control in filters:
         control.change(refresh_review, [bench_state, *filters], review_outputs, api_name=False)
+    keep_by.change(set_keep_by, [bench_state, keep_by, *filters], review_outputs, api_name=False).then(
+        export_file, [bench_state, export_format, threshold], export_download, api_name=False)
     for control in (threshold, export_format):
         control.change(export_file, [bench_state, export_format, threshold], export_download, api_name=False)
     results.select(select_row, [bench_state, results], [selected_row, detail], api_name=False)

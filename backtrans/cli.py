@@ -77,13 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     curate = sub.add_parser("curate", help="keep the pairs scored at or above a threshold")
     curate.add_argument("input")
     curate.add_argument("-o", "--output", required=True)
-    curate.add_argument("--min-score", type=int, default=4, help="4 = the paper's A4 set, 5 = A5")
+    curate.add_argument("--min-score", type=float, default=4, help="4 = the paper's A4 set, 5 = A5")
+    curate.add_argument("--by", choices=["score", "expected_score"], default="score",
+                        help="compare the threshold with the parsed score or the expected score from digit "
+                        "probabilities (better for small local judges)")
 
     export = sub.add_parser("export", help="write a scored or curated file in another format")
     export.add_argument("input")
     export.add_argument("-o", "--output", required=True)
     export.add_argument("--format", choices=["jsonl", "parquet", "csv", "chat"])
-    export.add_argument("--min-score", type=int, help="export only the kept pairs")
+    export.add_argument("--min-score", type=float, help="export only the kept pairs")
+    export.add_argument("--by", choices=["score", "expected_score"], default="score")
     export.add_argument("--system-tag", help="chat format: override the paper's seed/augmented system tags")
     export.add_argument("--push-to-hub", metavar="REPO", help="also upload to a Hub dataset repo (needs HF_TOKEN)")
 
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("local", help="the embedded default: local LLM server and local Argilla")
     local.add_argument("action", choices=["up", "down", "status", "env"])
-    local.add_argument("--model", help="local model (default: $BACKTRANS_LOCAL_MODEL or smollm2-135m)")
+    local.add_argument("--model", help="local model (default: $BACKTRANS_LOCAL_MODEL or qwen2.5-coder-1.5b)")
     local.add_argument("--no-argilla", action="store_true", help="start the LLM server only")
 
     argilla = sub.add_parser("argilla", help="human review in Argilla: push suggestions, pull decisions")
@@ -197,11 +201,11 @@ def cmd_curate(args: argparse.Namespace) -> int:
         for located in iter_rows(args.input):
             row = located.row
             scores.append(row.get("score"))
-            if keep(row, args.min_score):
+            if keep(row, args.min_score, args.by):
                 writer.write(row)
                 kept += 1
     histogram = score_histogram(scores)
-    print(f"kept {kept} of {len(scores)} pairs with score >= {args.min_score}", file=sys.stderr)
+    print(f"kept {kept} of {len(scores)} pairs with {args.by} >= {args.min_score:g}", file=sys.stderr)
     print("scores: " + "  ".join(f"{k}: {v}" for k, v in histogram.items()), file=sys.stderr)
     return 0
 
@@ -209,7 +213,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     rows = (located.row for located in iter_rows(args.input))
     if args.min_score is not None:
-        rows = curated(rows, args.min_score)
+        rows = curated(rows, args.min_score, args.by)
     with RowWriter(args.output, args.format, system_tag=args.system_tag) as writer:
         for row in rows:
             writer.write(row)

@@ -51,6 +51,7 @@ class Workbench:
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     source_name: str = ""
     overrides: dict[int, bool] = field(default_factory=dict)
+    keep_by: str = "score"  # or "expected_score": small local judges give nearly every pair the same integer
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:
@@ -80,17 +81,21 @@ class Workbench:
         else:
             self.overrides[index] = keep
 
-    def with_decisions(self, threshold: int) -> pd.DataFrame:
-        """The rows with `final_keep`: a human override where there is one, else score >= threshold."""
+    def with_decisions(self, threshold: float) -> pd.DataFrame:
+        """The rows with `final_keep`: a human override where there is one, else the judge's
+        score (or expected score, see `keep_by`) >= threshold."""
         frame = self.frame.copy()
-        llm_keep = frame["score"].fillna(-1) >= threshold
+        judged = frame["score"]
+        if self.keep_by == "expected_score":
+            judged = frame["expected_score"].fillna(frame["score"])
+        llm_keep = judged.fillna(-1) >= threshold
         human = frame["row"].map(self.overrides) if self.overrides else pd.Series(pd.NA, index=frame.index)
         if "human_keep" in frame:
             human = human.where(human.notna(), frame["human_keep"])
         frame["final_keep"] = human.where(human.notna(), llm_keep).astype(bool)
         return frame
 
-    def filtered(self, filters: Filters, threshold: int) -> pd.DataFrame:
+    def filtered(self, filters: Filters, threshold: float) -> pd.DataFrame:
         frame = self.with_decisions(threshold)
         status = frame["status"].fillna("pending")
         mask = status.isin(filters.statuses)
@@ -105,7 +110,7 @@ class Workbench:
         column, ascending = SORTS.get(filters.sort, SORTS["input order"])
         return view.sort_values(column, ascending=ascending, na_position="last", kind="stable")
 
-    def rows_for_export(self, threshold: int) -> list[dict]:
+    def rows_for_export(self, threshold: float) -> list[dict]:
         frame = self.with_decisions(threshold)
         kept = frame[frame["final_keep"]].drop(columns=["row"])
         return [{k: _plain(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
@@ -127,7 +132,10 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
     pages = max(1, -(-len(view) // size))
     number = min(max(1, number), pages)
     chunk = view.iloc[(number - 1) * size : number * size]
-    shown = chunk.reindex(columns=REVIEW_COLUMNS).copy()
+    # Earlier rounds' scores (score_r1, ...) sit beside this round's, so rounds compare at a glance.
+    earlier = sorted(c for c in view.columns if c.startswith("score_r") and c[7:].isdigit())
+    columns = REVIEW_COLUMNS[:3] + earlier + REVIEW_COLUMNS[3:]
+    shown = chunk.reindex(columns=columns).copy()
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)
     return shown, pages

@@ -60,13 +60,20 @@ def to_chat(row: dict, system_tag: str | None = None) -> dict:
     }
 
 
-def keep(row: dict, min_score: int) -> bool:
-    """The human decision where there is one, else the LLM's score against the threshold."""
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value))
+
+
+def keep(row: dict, min_score: float, by: str = "score") -> bool:
+    """The human decision where there is one, else the judge's score (or its expected score, where
+    the backend gave digit probabilities) against the threshold."""
     final = row.get("final_keep")
-    if final is not None and not (isinstance(final, float) and pd.isna(final)):
+    if not _missing(final):
         return bool(final)
-    score = row.get("score")
-    return score is not None and not (isinstance(score, float) and pd.isna(score)) and score >= min_score
+    score = row.get("expected_score") if by == "expected_score" else None
+    if _missing(score):
+        score = row.get("score")
+    return not _missing(score) and score >= min_score
 
 
 class RowWriter:
@@ -180,8 +187,8 @@ def write_rows(rows: Iterable[dict], path: str | os.PathLike, fmt: str | None = 
     return writer.count
 
 
-def curated(rows: Iterable[dict], min_score: int) -> Iterable[dict]:
-    return (row for row in rows if keep(row, min_score))
+def curated(rows: Iterable[dict], min_score: float, by: str = "score") -> Iterable[dict]:
+    return (row for row in rows if keep(row, min_score, by))
 
 
 def score_histogram(scores: Iterable[object]) -> dict[str, int]:

@@ -145,8 +145,8 @@ def start_server(model: str, threads: int, parallel: int, log_path: Path) -> loc
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
     """P(score of a random good pair > score of a random bad pair), ties counting half (Mann-Whitney U)."""
-    good = [s for s, y in zip(scores, labels) if y == 1]
-    bad = [s for s, y in zip(scores, labels) if y == 0]
+    good = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    bad = [s for s, y in zip(scores, labels, strict=True) if y == 0]
     if not good or not bad:
         return None
     wins = 0.0
@@ -182,16 +182,16 @@ def summarise(rows: list[dict], results: list[dict], lo: int, hi: int) -> dict:
         "n_bad": n - sum(labels),
         "auc_score": _round(auc(score_or_mid, labels)),
         "auc_score_parsed_only": _round(auc(
-            [s for s in parsed if s is not None], [y for s, y in zip(parsed, labels) if s is not None])),
+            [s for s in parsed if s is not None], [y for s, y in zip(parsed, labels, strict=True) if s is not None])),
         "auc_expected": _round(auc(expected, labels)),
         "auc_expected_vs_mismatched": by_kind(expected, "mismatched"),
         "auc_expected_vs_truncated": by_kind(expected, "truncated"),
         "parsed_share": round(sum(s is not None for s in parsed) / n, 3) if n else None,
         "logprob_share": round(sum(res.get("expected_score") is not None for res in results) / n, 3) if n else None,
-        "mean_score_good": _mean([s for s, y in zip(parsed, labels) if y == 1 and s is not None]),
-        "mean_score_bad": _mean([s for s, y in zip(parsed, labels) if y == 0 and s is not None]),
-        "mean_expected_good": _mean([e for e, y in zip(expected, labels) if y == 1]),
-        "mean_expected_bad": _mean([e for e, y in zip(expected, labels) if y == 0]),
+        "mean_score_good": _mean([s for s, y in zip(parsed, labels, strict=True) if y == 1 and s is not None]),
+        "mean_score_bad": _mean([s for s, y in zip(parsed, labels, strict=True) if y == 0 and s is not None]),
+        "mean_expected_good": _mean([e for e, y in zip(expected, labels, strict=True) if y == 1]),
+        "mean_expected_bad": _mean([e for e, y in zip(expected, labels, strict=True) if y == 0]),
         "score_counts": {str(k): parsed.count(k) for k in range(lo, hi + 1)} | {"none": parsed.count(None)},
     }
 
@@ -203,7 +203,8 @@ def _round(value: float | None) -> float | None:
 # --- one cell: a model x a template --------------------------------------------------------------------
 
 
-async def judge_rows(task: JudgeTask, settings: LLMSettings, rows: list[dict], label: str) -> tuple[list[dict], list[float]]:
+async def judge_rows(task: JudgeTask, settings: LLMSettings, rows: list[dict], label: str
+                     ) -> tuple[list[dict], list[float], Progress]:
     client = LLMClient(settings)
     store = RunStore(":memory:")
     try:
@@ -221,7 +222,7 @@ async def judge_rows(task: JudgeTask, settings: LLMSettings, rows: list[dict], l
             results.append(result)
             print(f"  {len(results):3d}/{len(rows)} label={row['label']} {row['kind']:<10} score={result['score']} "
                   f"exp={result['expected_score']} {seconds[-1]:.1f}s", file=sys.stderr, flush=True)
-        return results, seconds
+        return results, seconds, progress
     finally:
         store.close()
         await client.close()
@@ -241,7 +242,7 @@ def run_cell(model: str, template_name: str, rows: list[dict], args: argparse.Na
         settings = LLMSettings(base_url=server.base_url, api_key="local", model=model, concurrency=args.parallel,
                                timeout_s=600, max_retries=1)
         task = JudgeTask(template, settings)
-        results, seconds = asyncio.run(judge_rows(task, settings, rows, f"{model}/{template_name}"))
+        results, seconds, progress = asyncio.run(judge_rows(task, settings, rows, f"{model}/{template_name}"))
     finally:
         server.stop()
     summary = summarise(rows, results, template.score_min, template.score_max)
@@ -252,13 +253,16 @@ def run_cell(model: str, template_name: str, rows: list[dict], args: argparse.Na
         max_tokens=template.max_tokens,
         prefill=template.prefill,
         seconds_per_pair=round(sum(seconds) / len(seconds), 2) if seconds else None,
+        seconds_median=round(statistics.median(seconds), 2) if seconds else None,
         seconds_total=round(sum(seconds), 1),
+        prompt_tokens_per_pair=round(progress.prompt_tokens / len(rows), 1) if rows else None,
+        completion_tokens_per_pair=round(progress.completion_tokens / len(rows), 1) if rows else None,
         startup_s=round(startup_s, 1),
         llm_errors=sum(r["status"] == "llm_error" for r in results),
         rows=[
             {k: row[k] for k in ("label", "kind")} | {"instruction": row["instruction"][:60]}
             | {k: res[k] for k in ("score", "expected_score", "status", "raw_output")} | {"seconds": round(s, 2)}
-            for row, res, s in zip(rows, results, seconds)
+            for row, res, s in zip(rows, results, seconds, strict=True)
         ],
     )
     return summary
@@ -273,7 +277,7 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 def table(cells: list[dict]) -> str:
     head = ("model", "template", "n", "AUC score", "AUC expected", "parsed", "logprobs",
-            "good/bad score", "good/bad expected", "s/pair")
+            "good/bad score", "good/bad expected", "s/pair mean (median)", "out tok/pair")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         lines.append("| " + " | ".join([
@@ -281,7 +285,8 @@ def table(cells: list[dict]) -> str:
             _fmt(c["parsed_share"], ".0%"), _fmt(c["logprob_share"], ".0%"),
             f"{_fmt(c['mean_score_good'], '.2f')} / {_fmt(c['mean_score_bad'], '.2f')}",
             f"{_fmt(c['mean_expected_good'], '.2f')} / {_fmt(c['mean_expected_bad'], '.2f')}",
-            _fmt(c["seconds_per_pair"], ".2f"),
+            f"{_fmt(c['seconds_per_pair'], '.1f')} ({_fmt(c.get('seconds_median'), '.1f')})",
+            _fmt(c.get("completion_tokens_per_pair"), ".0f"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {
-            "data": str(Path(args.data).resolve().relative_to(ROOT)) if Path(args.data).resolve().is_relative_to(ROOT) else args.data,
+            "data": os.path.relpath(Path(args.data).resolve(), ROOT),
             "threads": args.threads, "parallel": args.parallel, "force_logprobs": args.force_logprobs,
             "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "python": platform.python_version(),
             "command": "bench/judge_quality.py " + " ".join(argv),

@@ -63,7 +63,7 @@ def test_sample_is_scored_with_score_and_reason_beside_each_pair(fake_llm):
     assert "30/30 rows" in status and fake_llm.requests == 30
     assert int(plot["pairs"].sum()) == 30
     kept = int((bench.frame["score"] >= 4).sum())
-    assert f"kept at ≥4: **{kept}**" in summary
+    assert f"kept (score ≥4): **{kept}**" in summary
 
 
 def test_rows_stream_in_before_the_run_ends(fake_llm, monkeypatch):
@@ -178,3 +178,25 @@ def test_named_endpoints_through_gradio_client(fake_process, tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_documents_to_candidates_in_the_app(fake_llm, tmp_path):
+    doc = tmp_path / "guide.md"
+    doc.write_text("# Tea\n" + "Green tea is brewed with water at about 80 degrees for two minutes. " * 5 + "\n"
+                   "# MENU\n" + "Home about contact shop. " * 12 + "\n")
+    updates = _drain(app.augment([str(doc)], None, 100, 6000, 0.8, "fake", fake_llm.url, "", 4))
+    bench, preview, status = updates[-1]
+    assert len(bench) == 1 and "header caps 1" in status and "1/1 rows" in status
+    row = bench.frame.iloc[0]
+    assert row["instruction"] and row["source"] == "guide.md" and row["origin"] == "augmented"
+    _judged(fake_llm, bench)
+    chat = json.loads(open(app.export_file(bench, "chat", 0)).readline())
+    assert chat["messages"][0]["content"] == "Answer with knowledge from web search."
+
+
+def test_review_shows_an_earlier_rounds_score_beside_this_one(fake_llm, tmp_path):
+    src = write_jsonl(tmp_path / "r1.jsonl", [{"instruction": "q [[score=2]]", "generation": "a", "score_r1": 5}])
+    bench, _, _ = app.load_data(str(src), None, None)
+    table = _judged(fake_llm, bench)[-1][0]
+    assert list(table.columns[:5]) == ["row", "instruction", "generation", "score_r1", "score"]
+    assert table.iloc[0]["score_r1"] == 5 and table.iloc[0]["score"] == 2

@@ -33,7 +33,7 @@ def test_score_then_curate_then_export(fake_llm, tmp_path, capsys):
     assert main(["curate", str(tmp_path / "scored.jsonl"), "-o", str(tmp_path / "a4.jsonl"), "--min-score", "4"]) == 0
     kept = [json.loads(line) for line in (tmp_path / "a4.jsonl").read_text().splitlines()]
     assert len(kept) == 10 and all(r["score"] >= 4 for r in kept)
-    assert "kept 10 of 25" in capsys.readouterr().err
+    assert "kept 10 of 25 pairs with score >= 4" in capsys.readouterr().err
 
     assert main(["export", str(tmp_path / "a4.jsonl"), "-o", str(tmp_path / "train.jsonl"), "--format", "chat"]) == 0
     chat = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]

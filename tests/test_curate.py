@@ -61,3 +61,12 @@ def test_record_html_escapes_everything():
     html = record_html({"row": 1, "instruction": "<b>x</b>", "generation": "<script>1</script>",
                         "reason": "&", "raw_output": "<i>", "score": 3, "status": "ok"})
     assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html and "&lt;script&gt;" in html
+
+
+def test_keep_by_expected_score_falls_back_to_the_score():
+    bench = _bench(6)  # scores 1..4 with expected score - 0.5; row 4 unparsed; row 5 pending
+    bench.keep_by = "expected_score"
+    decided = bench.with_decisions(3.4)
+    assert list(decided["final_keep"]) == [False, False, False, True, False, False]
+    bench.set_result(2, {"score": 3, "status": "ok", "expected_score": None})  # no logprobs: the score counts
+    assert bool(bench.with_decisions(2.9).loc[2, "final_keep"])

@@ -70,3 +70,9 @@ def test_keep_prefers_the_human_decision():
 def test_histogram_and_format_detection():
     assert score_histogram([5, 5, 3, None, float("nan")]) == {"3": 1, "5": 2, "none": 2}
     assert format_for("x.parquet") == "parquet" and format_for("x.csv", "chat") == "chat"
+
+
+def test_keep_by_expected_score():
+    row = {"score": 4, "expected_score": 3.6}
+    assert keep(row, 4) and not keep(row, 3.8, "expected_score") and keep(row, 3.5, "expected_score")
+    assert keep({"score": 4, "expected_score": None}, 3.8, "expected_score")

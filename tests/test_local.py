@@ -64,9 +64,9 @@ def test_local_up_env_status_down(tmp_path):
         return done.stdout
 
     try:
-        assert "llm: http://127.0.0.1:" in cli("up")
+        assert "LLM:     http://127.0.0.1:" in cli("up", "--model", local.TEST_MODEL, "--no-argilla")
         first = local_state(tmp_path)
-        cli("up")  # idempotent: the running server is kept
+        cli("up", "--model", local.TEST_MODEL, "--no-argilla")  # idempotent: the running server is kept
         assert local_state(tmp_path) == first
         exports = cli("env")
         assert f"export OPENAI_BASE_URL=http://127.0.0.1:{first['llm']['port']}/v1" in exports
