@@ -75,7 +75,8 @@ def main() -> None:
     for label, filters in cases.items():
         worst = max(worst, timed(label, lambda f=filters: table.postprocess(app.refresh_review(bench, *f)[0])))
     bench.override(10, True)
-    worst = max(worst, timed("with a keep override", lambda: app.refresh_review(bench, *cases["first page, no filter"])))
+    first_page = cases["first page, no filter"]
+    worst = max(worst, timed("with a keep override", lambda: app.refresh_review(bench, *first_page)))
     print(f"worst case: {worst * 1000:.0f} ms (goal < 2000 ms): {'met' if worst < 2 else 'NOT met'}")
 
 
