@@ -230,8 +230,9 @@ def test_the_api_key_appears_nowhere_but_the_request(fake_process, tmp_path):
     try:
         client = Client(served.url, verbose=False)
         client.predict(str(src), "", "", api_name="/load_hub")
-        result = client.predict("humpback", "", "", "", SECRET, 4, 4, 0, 10, ["ok", "parse_error", "llm_error"], "",
-                                "input order", api_name="/judge")
+        statuses = ["ok", "parse_error", "llm_error"]
+        result = client.predict("humpback", "", "", "", SECRET, 4, 4, 0, 10, statuses, "", "input order",
+                                api_name="/judge")
         pages = [urllib.request.urlopen(served.url + path).read().decode() for path in ("", "config", "gradio_api/info")]
     finally:
         served.stop()
