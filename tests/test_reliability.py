@@ -233,7 +233,8 @@ def test_the_api_key_appears_nowhere_but_the_request(fake_process, tmp_path):
         statuses = ["ok", "parse_error", "llm_error"]
         result = client.predict("humpback", "", "", "", SECRET, 4, 4, 0, 10, statuses, "", "input order",
                                 api_name="/judge")
-        pages = [urllib.request.urlopen(served.url + path).read().decode() for path in ("", "config", "gradio_api/info")]
+        paths = ("", "config", "gradio_api/info")
+        pages = [urllib.request.urlopen(served.url + path).read().decode() for path in paths]
     finally:
         served.stop()
     assert server.stats()["api_keys"].get(SECRET, 0) >= 120  # the CLI's and the app's requests carried it
