@@ -268,7 +268,7 @@ def resume_run(run_id: str | None):
 
 def review_view(bench: Workbench | None, filters: Filters, threshold: float, page_number: float):
     if bench is None or not len(bench):
-        empty = pd.DataFrame(columns=["row", "instruction", "generation", "score", "reason", "status"])
+        empty = pd.DataFrame(columns=["row", "score", "reason", "instruction", "generation", "status"])
         return empty, "Page 1 of 1", histogram(pd.DataFrame()), ""
     view = bench.filtered(filters, float(threshold))
     shown, pages = page(view, int(page_number or 1), PAGE_SIZE)
@@ -383,7 +383,7 @@ def export_to_hub(bench: Workbench | None, repo: str, threshold: float) -> str:
 judge_templates = [t.name for t in list_templates("judge")]
 
 with gr.Blocks(title="backtrans") as demo:
-    gr.Markdown("# 🐋 backtrans\nCurate instruction-tuning data with **instruction backtranslation** (Humpback): "
+    gr.Markdown("# backtrans\nCurate instruction-tuning data with **instruction backtranslation** (Humpback): "
                 "an LLM judge scores each (instruction, response) pair with the paper's 5-point prompt, you review "
                 "its verdicts, and export the pairs worth training on.")
     bench_state = gr.State(None)

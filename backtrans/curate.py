@@ -14,7 +14,8 @@ import pandas as pd
 
 from backtrans.judge import RESULT_COLUMNS
 
-REVIEW_COLUMNS = ["row", "instruction", "generation", "score", "expected_score", "reason", "status", "final_keep"]
+# Short columns first: the verdict stays in view beside the pair however long the texts are.
+REVIEW_COLUMNS = ["row", "score", "expected_score", "reason", "instruction", "generation", "status", "final_keep"]
 STATUSES = ("ok", "parse_error", "llm_error", "pending")
 SORTS = {
     "input order": ("row", True),
@@ -23,7 +24,7 @@ SORTS = {
     "expected score, high first": ("expected_score", False),
     "expected score, low first": ("expected_score", True),
 }
-PREVIEW_CHARS = 300
+PREVIEW_CHARS = 200
 
 
 @dataclass
@@ -134,7 +135,7 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
     chunk = view.iloc[(number - 1) * size : number * size]
     # Earlier rounds' scores (score_r1, ...) sit beside this round's, so rounds compare at a glance.
     earlier = sorted(c for c in view.columns if c.startswith("score_r") and c[7:].isdigit())
-    columns = REVIEW_COLUMNS[:3] + earlier + REVIEW_COLUMNS[3:]
+    columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     shown = chunk.reindex(columns=columns).copy()
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)

@@ -58,7 +58,7 @@ def test_sample_is_scored_with_score_and_reason_beside_each_pair(fake_llm):
     assert len(bench) == 30 and "Loaded **30**" in message
     updates = _judged(fake_llm, bench)
     table, page_info, plot, summary, status = updates[-1]
-    assert list(table.columns[:4]) == ["row", "instruction", "generation", "score"]
+    assert list(table.columns[:6]) == ["row", "score", "expected_score", "reason", "instruction", "generation"]
     assert table["score"].notna().all() and table["reason"].str.len().gt(0).all()
     assert "30/30 rows" in status and fake_llm.requests == 30
     assert int(plot["pairs"].sum()) == 30
@@ -198,5 +198,5 @@ def test_review_shows_an_earlier_rounds_score_beside_this_one(fake_llm, tmp_path
     src = write_jsonl(tmp_path / "r1.jsonl", [{"instruction": "q [[score=2]]", "generation": "a", "score_r1": 5}])
     bench, _, _ = app.load_data(str(src), None, None)
     table = _judged(fake_llm, bench)[-1][0]
-    assert list(table.columns[:5]) == ["row", "instruction", "generation", "score_r1", "score"]
+    assert list(table.columns[:3]) == ["row", "score_r1", "score"]
     assert table.iloc[0]["score_r1"] == 5 and table.iloc[0]["score"] == 2

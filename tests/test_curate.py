@@ -45,7 +45,7 @@ def test_pages_are_bounded_and_texts_shortened():
     bench = Workbench.from_frame(frame)
     shown, pages = page(bench.filtered(Filters(), 4), 3, 50)
     assert pages == 3 and len(shown) == 20 and list(shown["row"])[0] == 100
-    assert shown["instruction"].str.len().max() == 301
+    assert shown["instruction"].str.len().max() == 201
     assert page(bench.filtered(Filters(), 4), 99, 50)[0]["row"].iloc[0] == 100  # past the end: last page
 
 
