@@ -322,7 +322,7 @@ def push_to_argilla(bench: Workbench | None, dataset: str, workspace: str, templ
         config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
         template = load_template(template_name if template_name != CUSTOM else DEFAULT_TEMPLATE)
         rows = bench.all_rows()
-        report = argilla_sync.push(rows, dataset, config, template=template, threshold=round(threshold),
+        report = argilla_sync.push(rows, dataset, config, template=template, threshold=threshold, by=bench.keep_by,
                                    on_progress=lambda n: progress(n / len(rows), desc=f"{n}/{len(rows)} records"))
     except (argilla_sync.ArgillaError, TemplateError) as exc:
         return f"**Push failed.** {exc}"
@@ -338,10 +338,10 @@ def pull_from_argilla(bench: Workbench | None, dataset: str, workspace: str, pol
         decisions = argilla_sync.pull(dataset, config, policy)
     except argilla_sync.ArgillaError as exc:
         return f"**Pull failed.** {exc}", empty, pd.DataFrame()
-    merged = argilla_sync.merge(bench.all_rows(), decisions, round(threshold))
+    merged = argilla_sync.merge(bench.all_rows(), decisions, threshold, bench.keep_by)
     for column in ("human_keep", "human_score", "human_note", "reviewer"):
         bench.frame[column] = [row[column] for row in merged]
-    report = argilla_sync.agreement(merged, round(threshold), decisions)
+    report = argilla_sync.agreement(merged, threshold, decisions, bench.keep_by)
     confusion = pd.DataFrame(
         [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
          for llm in ("keep", "discard") for human in ("keep", "discard")]
@@ -473,7 +473,8 @@ with gr.Blocks(title="backtrans") as demo:
             page_number = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="page-number")
             page_info = gr.Markdown(elem_id="page-info")
         results = gr.Dataframe(label="Pairs with the judge's score and reason (click a row for details)",
-                               interactive=False, wrap=True, max_height=600, elem_id="results-table")
+                               interactive=False, wrap=True, max_height=600, elem_id="results-table",
+                               column_widths=["50px", "60px", "80px", "24%", "24%", "30%", "90px", "80px"])
         with gr.Row():
             with gr.Column(scale=2):
                 detail = gr.HTML(elem_id="record-detail")

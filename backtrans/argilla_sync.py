@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from backtrans.export import judge_keeps
 from backtrans.llm import redact
 from backtrans.store import content_key
 from backtrans.templates import Template, load_template
@@ -146,7 +147,7 @@ def _confidence(row: dict, template: Template, keep: bool) -> float | None:
     return round(min(1.0, max(0.0, position if keep else 1.0 - position)), 4)
 
 
-def to_record(row: dict, template: Template, threshold: int, run_id: str | None = None):
+def to_record(row: dict, template: Template, threshold: float, run_id: str | None = None, by: str = "score"):
     import argilla as rg
 
     score = _number(row.get("score"))
@@ -169,7 +170,7 @@ def to_record(row: dict, template: Template, threshold: int, run_id: str | None 
         fields["judge_reason"] = str(row["reason"])
     suggestions = []
     if score is not None:
-        keep = score >= threshold
+        keep = bool(judge_keeps(row, threshold, by))
         suggestions = [
             rg.Suggestion("keep", KEEP if keep else DISCARD, score=_confidence(row, template, keep), agent=model),
             rg.Suggestion("score", int(score), score=_confidence(row, template, True), agent=model),
@@ -213,7 +214,7 @@ def _get_or_create_dataset(client, config: ArgillaConfig, name: str, template: T
 
 
 def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *, template: Template | str = "humpback",
-         threshold: int = 4, run_id: str | None = None, batch_size: int = 200,
+         threshold: float = 4, by: str = "score", run_id: str | None = None, batch_size: int = 200,
          on_progress: Callable[[int], None] | None = None) -> PushReport:
     """Upsert every row as a record. Safe to repeat: a partial push resumes, responses are kept."""
     template = load_template(template) if isinstance(template, str) else template
@@ -241,7 +242,7 @@ def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *, temp
             on_progress(pushed)
 
     for row in rows:
-        batch.append(to_record(row, template, threshold, run_id or row.get("run_id")))
+        batch.append(to_record(row, template, threshold, run_id or row.get("run_id"), by))
         if len(batch) >= batch_size:
             flush()
     flush()
@@ -353,7 +354,7 @@ def _decide(responses: list, usernames: dict[str, str], policy: str) -> Decision
     return Decision(resolve(votes, policy), human_score, "\n".join(notes), ", ".join(sorted(votes)), votes, drafts)
 
 
-def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: int) -> list[dict]:
+def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: float, by: str = "score") -> list[dict]:
     """Adds human_keep, human_score, human_note, reviewer and final_keep to each row."""
     merged = []
     for row in rows:
@@ -363,8 +364,7 @@ def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: int) 
         out["human_score"] = decision.human_score if decision else None
         out["human_note"] = decision.human_note if decision else ""
         out["reviewer"] = decision.reviewer if decision else ""
-        score = _number(row.get("score"))
-        llm_keep = score is not None and score >= threshold
+        llm_keep = bool(judge_keeps(row, threshold, by))
         out["final_keep"] = out["human_keep"] if out["human_keep"] is not None else llm_keep
         merged.append(out)
     return merged
@@ -398,7 +398,8 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     return round(cov / (sx * sy), 4) if sx and sy else None
 
 
-def agreement(rows: Iterable[dict], threshold: int, decisions: dict[str, Decision] | None = None) -> dict:
+def agreement(rows: Iterable[dict], threshold: float, decisions: dict[str, Decision] | None = None,
+              by: str = "score") -> dict:
     """Precision, recall and F1 of the LLM's keep against the humans', Cohen's kappa, the confusion
     matrix, Spearman correlation of scores, and counts per annotator."""
     tp = fp = fn = tn = 0
@@ -408,16 +409,16 @@ def agreement(rows: Iterable[dict], threshold: int, decisions: dict[str, Decisio
     for row in rows:
         human = row.get("human_keep")
         score = _number(row.get("score"))
-        if human is None or score is None:
+        llm = judge_keeps(row, threshold, by)
+        if human is None or llm is None:
             continue
-        llm = score >= threshold
         tp += llm and human
         fp += llm and not human
         fn += (not llm) and human
         tn += (not llm) and (not human)
         if llm != human:
             disagreements.append(record_id(row))
-        if (hs := _number(row.get("human_score"))) is not None:
+        if (hs := _number(row.get("human_score"))) is not None and score is not None:
             llm_scores.append(score)
             human_scores.append(hs)
     n = tp + fp + fn + tn
@@ -440,6 +441,7 @@ def agreement(rows: Iterable[dict], threshold: int, decisions: dict[str, Decisio
         annotators.setdefault(user, {})[kind] = count
     return {
         "threshold": threshold,
+        "by": by,
         "reviewed": n,
         "precision": _round(precision),
         "recall": _round(recall),
@@ -462,7 +464,7 @@ def _round(value: float | None) -> float | None:
 def format_report(report: dict) -> str:
     c = report["confusion"]
     lines = [
-        f"Agreement of the LLM's keep (score >= {report['threshold']}) with the reviewers, "
+        f"Agreement of the LLM's keep ({report['by']} >= {report['threshold']:g}) with the reviewers, "
         f"over {report['reviewed']} reviewed pairs:",
         f"  precision {report['precision']}  recall {report['recall']}  F1 {report['f1']}  "
         f"accuracy {report['accuracy']}  Cohen's kappa {report['cohen_kappa']}",

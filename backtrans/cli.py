@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("input")
     push.add_argument("--dataset", required=True)
     push.add_argument("--workspace", help="Argilla workspace (default: backtrans)")
-    push.add_argument("--min-score", type=int, default=4, help="the suggested keep threshold (default 4)")
+    push.add_argument("--min-score", type=float, default=4, help="the suggested keep threshold (default 4)")
+    push.add_argument("--by", choices=["score", "expected_score"], default="score")
     push.add_argument("--template", default=os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
                       help="the judge template the scores came from (sets the rating range and guidelines)")
     push.add_argument("--batch-size", type=int, default=200)
@@ -117,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--scored", help="the scored file that was pushed: its rows get the decisions "
                       "(default: rebuild the rows from Argilla)")
     pull.add_argument("--policy", choices=["majority", "unanimous", "any-discard"], default="majority")
-    pull.add_argument("--min-score", type=int, default=4)
+    pull.add_argument("--min-score", type=float, default=4)
+    pull.add_argument("--by", choices=["score", "expected_score"], default="score")
     pull.add_argument("--report", help="write the agreement report as JSON here")
 
     deploy = sub.add_parser("deploy", help="create or update the Hugging Face Space (see space.yaml)")
@@ -278,6 +280,7 @@ def cmd_argilla(args: argparse.Namespace) -> int:
 
         with tqdm(total=len(rows), unit="record", file=sys.stderr, desc="push") as bar:
             report = argilla_sync.push(rows, args.dataset, config, template=args.template, threshold=args.min_score,
+                                       by=args.by,
                                        batch_size=args.batch_size, on_progress=lambda n: bar.update(n - bar.n))
         print(f"pushed {report.pushed} records to {report.workspace}/{report.dataset}: {report.url}", file=sys.stderr)
         return 0
@@ -286,11 +289,11 @@ def cmd_argilla(args: argparse.Namespace) -> int:
         rows = [located.row for located in iter_rows(args.scored)]
     else:
         rows = [d.row for d in decisions.values()]
-    merged = argilla_sync.merge(rows, decisions, args.min_score)
+    merged = argilla_sync.merge(rows, decisions, args.min_score, args.by)
     with RowWriter(args.output) as writer:
         for row in merged:
             writer.write(row)
-    report = argilla_sync.agreement(merged, args.min_score, decisions)
+    report = argilla_sync.agreement(merged, args.min_score, decisions, args.by)
     print(argilla_sync.format_report(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))

@@ -64,16 +64,21 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value))
 
 
-def keep(row: dict, min_score: float, by: str = "score") -> bool:
-    """The human decision where there is one, else the judge's score (or its expected score, where
-    the backend gave digit probabilities) against the threshold."""
-    final = row.get("final_keep")
-    if not _missing(final):
-        return bool(final)
+def judge_keeps(row: dict, min_score: float, by: str = "score") -> bool | None:
+    """The judge's own decision: its score (or expected score, where the backend gave digit
+    probabilities) against the threshold; None when it gave neither."""
     score = row.get("expected_score") if by == "expected_score" else None
     if _missing(score):
         score = row.get("score")
-    return not _missing(score) and score >= min_score
+    return None if _missing(score) else float(score) >= min_score
+
+
+def keep(row: dict, min_score: float, by: str = "score") -> bool:
+    """The human decision where there is one, else the judge's."""
+    final = row.get("final_keep")
+    if not _missing(final):
+        return bool(final)
+    return bool(judge_keeps(row, min_score, by))
 
 
 class RowWriter:

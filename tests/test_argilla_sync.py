@@ -228,3 +228,12 @@ def test_cli_reports_a_dead_argilla_with_exit_2(tmp_path, monkeypatch, capsys):
     assert main(["argilla", "push", str(scored), "--dataset", "d"]) == 2
     err = capsys.readouterr().err
     assert "http://127.0.0.1:9" in err and "TOPSECRET" not in err
+
+
+def test_suggested_keep_follows_the_expected_score_when_asked():
+    template = load_template("humpback-short")
+    row = {"instruction": "q", "generation": "a", "score": 4, "expected_score": 3.5, "model_name": "m"}
+    assert A.to_record(row, template, 4).suggestions["keep"].value == "keep"
+    assert A.to_record(row, template, 3.8, by="expected_score").suggestions["keep"].value == "discard"
+    merged = A.merge([row], {}, 3.8, "expected_score")
+    assert merged[0]["final_keep"] is False
