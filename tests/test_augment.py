@@ -1,13 +1,13 @@
 """Self-augmentation: segmenting, filtering, backward instruction generation, lineage, chat export."""
 
-import asyncio
 import json
 
 import pytest
 
 from backtrans import augment as A
 from backtrans.cli import main
-from backtrans.llm import LLMClient, LLMSettings
+from backtrans.llm import LLMSettings
+from backtrans.runner import run_one
 from backtrans.templates import load_template
 from tests.conftest import write_jsonl
 
@@ -73,14 +73,7 @@ def test_backward_prompt_holds_the_seed_examples_and_the_segment(fake_llm):
     task = A.BackwardTask(load_template("backward-instruction"), settings, examples)
     row = {"generation": PARAGRAPH, "source": "doc-1"}
 
-    async def go():
-        client = LLMClient(settings)
-        try:
-            return task.parse(row, await task.call(client, row))
-        finally:
-            await client.close()
-
-    result = asyncio.run(go())
+    result = run_one(task, row)
     prompt = fake_llm.recent_prompts[-1]
     assert examples[0]["instruction"] in prompt and examples[1]["output"] in prompt
     assert prompt.rstrip().endswith(f"{PARAGRAPH}\n\n### Instruction")

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 
 from backtrans.cli import main
 from backtrans.records import SAMPLE_PATH
-from tests.conftest import ROOT, write_jsonl
+from tests.conftest import ROOT, results_in, write_jsonl
 
 
 def _rows(n: int) -> list[dict]:
@@ -72,14 +71,6 @@ def test_exit_0_when_every_row_is_scored_or_flagged(fake_llm, tmp_path):
     assert len(statuses) == 20 and "parse_error" in statuses
 
 
-def _results_in(store: Path) -> int:
-    try:
-        with sqlite3.connect(store) as db:
-            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_kill_9_then_rerun_never_repeats_finished_rows(fake_process, tmp_path):
     total = 300
     server = fake_process("--latency", "0.04")
@@ -90,11 +81,11 @@ def test_kill_9_then_rerun_never_repeats_finished_rows(fake_process, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while _results_in(store) < 60 and time.monotonic() < deadline:
+    while results_in(store) < 60 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = _results_in(store)
+    finished = results_in(store)
     assert 60 <= finished < total
     assert not (tmp_path / "o.jsonl").exists()  # no half-written output under the real name
     before = server.stats()["requests"]

@@ -1,10 +1,10 @@
-import asyncio
 import math
 
 import pytest
 
 from backtrans.judge import JudgeTask, expected_score, parse_score
-from backtrans.llm import LLMClient, LLMSettings
+from backtrans.llm import LLMSettings
+from backtrans.runner import run_one
 from backtrans.templates import load_template
 
 # (reply, expected score or None); the range is 1-5 unless the case says otherwise.
@@ -101,14 +101,7 @@ def test_judge_task_against_fake_server(fake_llm):
     task = JudgeTask(template, settings)
     row = {"instruction": "Say hi [[score=5]]", "generation": "Hi!"}
 
-    async def go():
-        client = LLMClient(settings)
-        try:
-            return task.parse(row, await task.call(client, row))
-        finally:
-            await client.close()
-
-    result = asyncio.run(go())
+    result = run_one(task, row)
     assert result["score"] == 5 and result["status"] == "ok"
     assert result["model_name"] == "fake-judge"
     assert result["raw_output"].endswith("Score: 5")
@@ -121,14 +114,7 @@ def test_judge_task_logprob_template_gives_expected_score(fake_llm):
     task = JudgeTask(template, settings)
     row = {"instruction": "Say hi [[score=2]]", "generation": "Hi!"}
 
-    async def go():
-        client = LLMClient(settings)
-        try:
-            return task.parse(row, await task.call(client, row))
-        finally:
-            await client.close()
-
-    result = asyncio.run(go())
+    result = run_one(task, row)
     assert result["score"] == 2
     assert 1.5 < result["expected_score"] < 2.6
     assert result["raw_output"].startswith("Score: 2")

@@ -1,6 +1,5 @@
 """The embedded default against the real llama.cpp server and the smallest packaged model."""
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -9,23 +8,15 @@ import pytest
 
 from backtrans import local
 from backtrans.judge import JudgeTask
-from backtrans.llm import LLMClient, LLMSettings
+from backtrans.llm import LLMSettings
+from backtrans.runner import run_one
 from backtrans.templates import load_template
 from tests.conftest import ROOT
 
 
 def _judge(server, template_name: str, row: dict) -> dict:
     settings = LLMSettings(base_url=server.base_url, model=server.model, timeout_s=120)
-    task = JudgeTask(load_template(template_name), settings)
-
-    async def go():
-        client = LLMClient(settings)
-        try:
-            return task.parse(row, await task.call(client, row))
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
+    return run_one(JudgeTask(load_template(template_name), settings), row)
 
 
 def test_real_model_loads_answers_and_a_score_is_produced(local_llm):

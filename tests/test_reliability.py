@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import app
 from backtrans import argilla_sync as A
 from backtrans import local
 from backtrans.records import RecordsError, load_records
-from tests.conftest import ROOT, AppServer, write_jsonl
+from tests.conftest import ROOT, AppServer, results_in, write_jsonl
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -66,14 +65,6 @@ def test_2000_pairs_through_429s_500s_hangs_and_garbage(fake_process, tmp_path):
 # --- 2. crash recovery ------------------------------------------------------------------------------------
 
 
-def _results_in(store: Path) -> int:
-    try:
-        with sqlite3.connect(store) as db:
-            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_kill_9_the_cli_in_a_2000_row_run(fake_process, tmp_path):
     server = fake_process("--latency", "0.02")
     src = write_jsonl(tmp_path / "in.jsonl", _pairs(2000))
@@ -85,11 +76,11 @@ def test_kill_9_the_cli_in_a_2000_row_run(fake_process, tmp_path):
 
     command = score(out, store)
     process = subprocess.Popen(command, cwd=ROOT, env=ENV, stderr=subprocess.DEVNULL)
-    while _results_in(store) < 500 and process.poll() is None:
+    while results_in(store) < 500 and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = _results_in(store)
+    finished = results_in(store)
     assert 500 <= finished < 2000
     before = server.stats()["requests"]
     subprocess.run(command, cwd=ROOT, env=ENV, check=True, stderr=subprocess.DEVNULL)
@@ -115,11 +106,11 @@ def test_kill_9_the_app_server_mid_run_then_resume(fake_process, tmp_path):
     client.submit("humpback", "", "", "", "", 8, *filters, api_name="/judge")
     store = data_dir / "runs.sqlite"
     deadline = time.monotonic() + 120
-    while _results_in(store) < 400 and time.monotonic() < deadline:
+    while results_in(store) < 400 and time.monotonic() < deadline:
         time.sleep(0.05)
     first.process.send_signal(signal.SIGKILL)
     first.stop()
-    finished = _results_in(store)
+    finished = results_in(store)
     assert 400 <= finished < 2000
     before = server.stats()["requests"]
 
