@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["BACKTRANS_HOME"] = tempfile.mkdtemp(prefix="backtrans-test-")  # never a developer's own state
 for leaked in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "BACKTRANS_MODEL", "BACKTRANS_TEMPLATE", "ARGILLA_API_URL",
-               "ARGILLA_API_KEY", "ARGILLA_WORKSPACE", "BACKTRANS_LOCAL_MODEL", "BACKTRANS_STORE", "BACKTRANS_DATA_DIR"):
+               "ARGILLA_API_KEY", "ARGILLA_WORKSPACE", "BACKTRANS_LOCAL_MODEL", "BACKTRANS_STORE",
+               "BACKTRANS_DATA_DIR"):
     os.environ.pop(leaked, None)
 
 from backtrans import local  # noqa: E402
