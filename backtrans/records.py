@@ -252,10 +252,13 @@ def iter_rows(
     split: str | None = None,
     drop_duplicates: bool = False,
     optional: Iterable[str] = (),
+    check_duplicates: bool = True,
 ) -> Iterator[Located]:
     """Validated rows with our column names. Raises RecordsError at the first bad row.
 
     `optional` columns are renamed from their aliases like required ones, and may be missing or empty.
+    `check_duplicates=False` skips the duplicate check (and its memory) on a second pass over a source
+    already validated; dropping duplicates still tracks them.
     """
     required = tuple(required)
     optional = tuple(optional)
@@ -298,6 +301,10 @@ def iter_rows(
                     f"{located.where}: column {source_column!r} holds {len(value):,} characters, "
                     f"over the limit of {MAX_FIELD_CHARS:,}"
                 )
+        if not (check_duplicates or drop_duplicates):
+            count += 1
+            yield Located(located.where, out)
+            continue
         fingerprint = _fingerprint(out, required)
         if fingerprint in seen:
             if drop_duplicates:

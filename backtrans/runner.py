@@ -181,20 +181,21 @@ class FileJob:
             "parent_run_id": self.parent_run_id,
         }
 
-    def rows(self) -> Iterator[dict]:
+    def rows(self, validated: bool = True) -> Iterator[dict]:
+        """The input's rows; once `validate()` has passed, without holding duplicate fingerprints."""
         if self.row_source is not None:
             return self.row_source()
         from backtrans.records import iter_rows
 
         located = iter_rows(
             self.source, self.mapping, self.required, config=self.config, split=self.split,
-            drop_duplicates=self.drop_duplicates, optional=self.optional,
+            drop_duplicates=self.drop_duplicates, optional=self.optional, check_duplicates=not validated,
         )
         return (item.row for item in located)
 
     def validate(self) -> int:
         """Read the input once before any call: a bad line stops the job before it costs anything."""
-        return sum(1 for _ in self.rows())
+        return sum(1 for _ in self.rows(validated=False))
 
     def run(self, client: LLMClient, run_id: str | None = None, on_progress=None,
             total: int | None = None) -> tuple[str, Progress]:
