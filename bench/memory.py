@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from throughput import ROOT, FakeServer, measure, our_cli, parse_summary, write_pairs
+from throughput import ROOT, FakeServer, code_version, measure, our_cli, parse_summary, write_pairs
 
 GOAL_MB = 500
 TARGET_ROWS = 1_000_000
@@ -97,14 +97,16 @@ def main() -> int:
     work.mkdir(parents=True)
     print(f"machine: {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}; "
           f"concurrency {args.concurrency}, fake server latency 0")
+    version = code_version()
+    print(f"backtrans at {version}")
     server = FakeServer(0.0)
     results = []
     preflight = None
     try:
         if args.preflight_rows:
             preflight = run_preflight(server, work, args.preflight_rows)
-            print(f"  validation pass alone over {preflight['rows']:,} rows: peak RSS {preflight['peak_rss_mb']:.0f} MB, "
-                  f"{preflight['secs']:.1f}s", flush=True)
+            print(f"  validation pass alone over {preflight['rows']:,} rows: "
+                  f"peak RSS {preflight['peak_rss_mb']:.0f} MB, {preflight['secs']:.1f}s", flush=True)
         for n in sorted(args.rows):
             r = run_size(server, work, n, args.concurrency)
             results.append(r)
@@ -120,39 +122,43 @@ def main() -> int:
 
     largest = results[-1]
     print("\nSUMMARY")
-    lines = [f"| rows | peak RSS MB | RSS at 25/50/75/99% of run MB | processing s | rows/s | wall s | rows/s (wall) "
-             f"| CPU ms/row | store MB | other load (cores) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| rows | peak RSS MB | RSS at 25/50/75/99% of run MB | processing s | rows/s | wall s | rows/s (wall) "
+             "| CPU ms/row | store MB | other load (cores) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['rows']:,} | {r['peak_rss_mb']:.0f} | {' / '.join(f'{q:.0f}' for q in r['rss_quartiles_mb'])} "
-                     f"| {r['processing_s']:.1f} | {r['rows_per_s']:.0f} | {r['wall_s']:.1f} | "
+        quartiles = " / ".join(f"{q:.0f}" for q in r["rss_quartiles_mb"])
+        lines.append(f"| {r['rows']:,} | {r['peak_rss_mb']:.0f} | {quartiles} | {r['processing_s']:.1f} | "
+                     f"{r['rows_per_s']:.0f} | {r['wall_s']:.1f} | "
                      f"{r['rows_per_s_wall']:.0f} | {r['cpu_ms_per_row']:.2f} | {r['store_mb']:.0f} | "
                      f"{r['other_cores']:.2f} |")
     notes = []
     if preflight:
         notes.append(f"the validation pass alone (read, check and fingerprint every row, no calls) over "
-                     f"{preflight['rows']:,} rows peaks at {preflight['peak_rss_mb']:.0f} MB in {preflight['secs']:.0f}s")
+                     f"{preflight['rows']:,} rows peaks at {preflight['peak_rss_mb']:.0f} MB "
+                     f"in {preflight['secs']:.0f}s")
     peak = max(r["peak_rss_mb"] for r in results)
     if largest["rows"] >= TARGET_ROWS:
         notes.append(f"peak RSS at {largest['rows']:,} rows: {peak:.0f} MB -> goal < {GOAL_MB} MB "
                      f"{'met' if peak < GOAL_MB else 'NOT MET'}")
     else:
         eta_s = TARGET_ROWS / largest["rows_per_s_wall"]
-        notes.append(f"largest run: {largest['rows']:,} rows (not {TARGET_ROWS:,}); at {largest['rows_per_s_wall']:.0f} "
-                     f"rows/s (wall), {TARGET_ROWS:,} rows would take about {eta_s / 60:.0f} min")
+        notes.append(f"largest run: {largest['rows']:,} rows (not {TARGET_ROWS:,}); at "
+                     f"{largest['rows_per_s_wall']:.0f} rows/s (wall), {TARGET_ROWS:,} rows would take about "
+                     f"{eta_s / 60:.0f} min")
         if len(results) >= 2:
             first = results[0]
             slope = (largest["peak_rss_mb"] - first["peak_rss_mb"]) / (largest["rows"] - first["rows"])
             projected = largest["peak_rss_mb"] + max(0.0, slope) * (TARGET_ROWS - largest["rows"])
             notes.append(f"peak RSS grows {slope * 100_000:+.1f} MB per 100k rows between {first['rows']:,} and "
                          f"{largest['rows']:,} rows; linear extrapolation to {TARGET_ROWS:,}: {projected:.0f} MB -> "
-                         f"goal < {GOAL_MB} MB {'met (extrapolated)' if projected < GOAL_MB else 'NOT MET (extrapolated)'}")
+                         f"goal < {GOAL_MB} MB {'met' if projected < GOAL_MB else 'NOT MET'} (extrapolated)")
         else:
             notes.append(f"peak RSS {peak:.0f} MB at {largest['rows']:,} rows; run two sizes to extrapolate")
     for line in lines + [""] + notes:
         print(line)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text("\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n")
+        head = f"{os.cpu_count()} cores, concurrency {args.concurrency}, latency 0, backtrans at {version}."
+        Path(args.markdown).write_text("\n".join([head, ""] + lines + [""] + [f"- {n}" for n in notes]) + "\n")
         print(f"\nwrote {args.markdown}")
     return 0
 

@@ -125,6 +125,19 @@ def measure(cmd: list[str], server: FakeServer, poll=None) -> Measured:
     return Measured(wall, cpu, usage.ru_maxrss, proc.returncode, stdout, stderr, server_cpu, other, server.stats())
 
 
+def code_version() -> str:
+    """The commit measured, and whether backtrans/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--short", "--", "backtrans"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def write_pairs(path: Path, n: int) -> None:
     """N distinct (instruction, generation) pairs, streamed to disk."""
     topics = ["photosynthesis", "binary search", "the French revolution", "compound interest", "TCP handshakes",
@@ -172,6 +185,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50],
                         help="distilabel input_batch_size values (50 is its default)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each setting K times and report the median run (default 1)")
     parser.add_argument("--no-distilabel", action="store_true", help="measure backtrans only")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "throughput"))
     parser.add_argument("--markdown", metavar="PATH", help="also write the figures as a markdown table")
@@ -188,6 +203,8 @@ def main() -> int:
 
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
           f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}")
+    version = code_version()  # before the runs: commits made meanwhile must not relabel them
+    print(f"backtrans at {version}")
     print(f"{n} pairs, fake server latency {latency} s\n")
     server = FakeServer(latency)
     ours: list[dict] = []
@@ -195,70 +212,86 @@ def main() -> int:
     try:
         print("backtrans (python -m backtrans score, fresh store each run)")
         for c in args.concurrency:
-            server.reset()
-            store = work / f"store-c{c}.sqlite"
-            m = measure(our_cli(pairs, work / f"scored-c{c}.jsonl", store, server.url, c), server)
-            if m.returncode != 0:
-                raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stderr[-2000:]}")
-            s = parse_summary(m.stderr)
-            ideal = n * latency / c
-            row = {
-                "concurrency": c, "requests": m.stats["requests"], "unique": m.stats["unique_prompts"],
-                "ok": s["ok"], "cached": s["cached"], "processing_s": s["secs"], "wall_s": m.wall_s,
-                "ideal_s": ideal, "pps_processing": n / s["secs"], "pps_wall": n / m.wall_s,
-                "ideal_share": ideal / s["secs"], "ideal_share_wall": ideal / m.wall_s,
-                "cpu_ms_per_row": 1000 * m.cpu_s / n, "server_cpu_s": m.server_cpu_s,
-                "other_cores": m.other_cores, "maxrss_mb": m.maxrss_kb / 1024,
-            }
-            ours.append(row)
-            print(f"  c={c:<4} {row['requests']} requests ({row['ok']} ok, {row['cached']} cached) | "
-                  f"processing {s['secs']:.1f}s = {row['pps_processing']:.0f} pairs/s | wall {m.wall_s:.1f}s = "
-                  f"{row['pps_wall']:.0f} pairs/s | ideal {ideal:.2f}s -> {100 * row['ideal_share']:.0f}% of ideal "
-                  f"({100 * row['ideal_share_wall']:.0f}% by wall) | CPU {row['cpu_ms_per_row']:.1f} ms/row | "
-                  f"other load {m.other_cores:.2f} cores")
+            tries = []
+            for attempt in range(args.repeat):
+                server.reset()
+                store = work / f"store-c{c}-{attempt}.sqlite"  # fresh each time: no cache hits
+                m = measure(our_cli(pairs, work / f"scored-c{c}.jsonl", store, server.url, c), server)
+                if m.returncode != 0:
+                    raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stderr[-2000:]}")
+                s = parse_summary(m.stderr)
+                ideal = n * latency / c
+                row = {
+                    "concurrency": c, "requests": m.stats["requests"], "unique": m.stats["unique_prompts"],
+                    "ok": s["ok"], "cached": s["cached"], "processing_s": s["secs"], "wall_s": m.wall_s,
+                    "ideal_s": ideal, "pps_processing": n / s["secs"], "pps_wall": n / m.wall_s,
+                    "ideal_share": ideal / s["secs"], "ideal_share_wall": ideal / m.wall_s,
+                    "cpu_ms_per_row": 1000 * m.cpu_s / n, "server_cpu_s": m.server_cpu_s,
+                    "other_cores": m.other_cores, "maxrss_mb": m.maxrss_kb / 1024,
+                }
+                tries.append(row)
+                print(f"  c={c:<4} {row['requests']} requests ({row['ok']} ok, {row['cached']} cached) | "
+                      f"processing {s['secs']:.1f}s = {row['pps_processing']:.0f} pairs/s | wall {m.wall_s:.1f}s = "
+                      f"{row['pps_wall']:.0f} pairs/s | ideal {ideal:.2f}s -> {100 * row['ideal_share']:.0f}% of "
+                      f"ideal ({100 * row['ideal_share_wall']:.0f}% by wall) | CPU {row['cpu_ms_per_row']:.1f} "
+                      f"ms/row | other load {m.other_cores:.2f} cores", flush=True)
+            ours.append(median_run(tries, "processing_s"))
 
         if not args.no_distilabel:
             print("\ndistilabel 1.5.3 (LoadDataFromDicts >> InstructionBacktranslation(OpenAILLM), use_cache=False)")
             for batch in args.batch_sizes:
-                server.reset()
-                cmd = [str(DISTILABEL_PY), str(ROOT / "bench" / "distilabel_pipeline.py"), str(pairs),
-                       "--base-url", server.url]
-                if batch != 50:  # 50 is distilabel's default: leave it unset, as a user would
-                    cmd += ["--batch-size", str(batch)]
-                m = measure(cmd, server)
-                if m.returncode != 0:
-                    raise RuntimeError(f"distilabel failed ({m.returncode}):\n{m.stderr[-3000:]}")
-                result = json.loads(m.stdout.strip().splitlines()[-1])
-                shutil.rmtree(result["cache_dir"], ignore_errors=True)
-                row = {
-                    "batch": result["input_batch_size"], "requests": m.stats["requests"],
-                    "unique": m.stats["unique_prompts"], "rows": result["rows"], "scored": result["scored"],
-                    "wall_s": m.wall_s, "pipeline_s": result["pipeline_s"], "llm_span_s": result["llm_span_s"],
-                    "pps_wall": n / m.wall_s, "pps_pipeline": n / result["pipeline_s"],
-                    "pps_span": n / result["llm_span_s"], "cpu_ms_per_row": 1000 * m.cpu_s / n,
-                    "other_cores": m.other_cores,
-                }
-                theirs.append(row)
-                print(f"  batch={row['batch']:<3} {row['requests']} requests ({row['scored']}/{row['rows']} scored) | "
-                      f"wall {m.wall_s:.1f}s = {row['pps_wall']:.0f} pairs/s | pipeline.run() "
-                      f"{row['pipeline_s']:.1f}s = {row['pps_pipeline']:.0f} pairs/s | LLM span "
-                      f"{row['llm_span_s']:.1f}s = {row['pps_span']:.0f} pairs/s | "
-                      f"other load {m.other_cores:.2f} cores")
+                tries = []
+                for _ in range(args.repeat):
+                    server.reset()
+                    cmd = [str(DISTILABEL_PY), str(ROOT / "bench" / "distilabel_pipeline.py"), str(pairs),
+                           "--base-url", server.url]
+                    if batch != 50:  # 50 is distilabel's default: leave it unset, as a user would
+                        cmd += ["--batch-size", str(batch)]
+                    m = measure(cmd, server)
+                    if m.returncode != 0:
+                        raise RuntimeError(f"distilabel failed ({m.returncode}):\n{m.stderr[-3000:]}")
+                    result = json.loads(m.stdout.strip().splitlines()[-1])
+                    shutil.rmtree(result["cache_dir"], ignore_errors=True)
+                    row = {
+                        "batch": result["input_batch_size"], "requests": m.stats["requests"],
+                        "unique": m.stats["unique_prompts"], "rows": result["rows"], "scored": result["scored"],
+                        "wall_s": m.wall_s, "pipeline_s": result["pipeline_s"], "llm_span_s": result["llm_span_s"],
+                        "pps_wall": n / m.wall_s, "pps_pipeline": n / result["pipeline_s"],
+                        "pps_span": n / result["llm_span_s"], "cpu_ms_per_row": 1000 * m.cpu_s / n,
+                        "other_cores": m.other_cores,
+                    }
+                    tries.append(row)
+                    print(f"  batch={row['batch']:<3} {row['requests']} requests "
+                          f"({row['scored']}/{row['rows']} scored) | "
+                          f"wall {m.wall_s:.1f}s = {row['pps_wall']:.0f} pairs/s | pipeline.run() "
+                          f"{row['pipeline_s']:.1f}s = {row['pps_pipeline']:.0f} pairs/s | LLM span "
+                          f"{row['llm_span_s']:.1f}s = {row['pps_span']:.0f} pairs/s | "
+                          f"other load {m.other_cores:.2f} cores", flush=True)
+                theirs.append(median_run(tries, "pipeline_s"))
     finally:
         server.stop()
 
-    checks = [r["requests"] == n and r["unique"] == n for r in ours + theirs]
+    every = [t for r in ours + theirs for t in r["tries"]]
+    checks = [t["requests"] == n and t["unique"] == n for t in every]
     print(f"\nevery run made exactly {n} calls with {n} distinct prompts: {'yes' if all(checks) else 'NO'}")
     goals = summarise(ours, theirs, n, latency)
-    disturbed = [r for r in ours + theirs if r["other_cores"] > 0.2]
+    disturbed = [t for t in every if t["other_cores"] > 0.2]
     if disturbed:
         print(f"\nWARNING: {len(disturbed)} run(s) shared the CPU with other processes (other load > 0.2 cores); "
               "rerun on a quiet machine for clean figures.")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(markdown(ours, theirs, goals, n, latency))
+        Path(args.markdown).write_text(markdown(ours, theirs, goals, n, latency, version))
         print(f"\nwrote {args.markdown}")
     return 0
+
+
+def median_run(tries: list[dict], key: str) -> dict:
+    """With --repeat, the run with the median time stands for the setting; every try is kept for the checks."""
+    ranked = sorted(tries, key=lambda r: r[key])
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen["tries"] = tries
+    return chosen
 
 
 def ratio_table(ours: list[dict], theirs: list[dict]) -> list[dict]:
@@ -305,24 +338,31 @@ def summarise(ours: list[dict], theirs: list[dict], n: int, latency: float) -> l
     return goals
 
 
-def markdown(ours: list[dict], theirs: list[dict], goals, n: int, latency: float) -> str:
-    lines = [f"{n} pairs, fake server latency {latency} s, {os.cpu_count()} cores.", "",
+def runs(row: dict, key: str) -> str:
+    return " / ".join(f"{t[key]:.1f} ({t['other_cores']:.2f})" for t in row["tries"])
+
+
+def markdown(ours: list[dict], theirs: list[dict], goals, n: int, latency: float, version: str) -> str:
+    repeat = len((ours or theirs)[0]["tries"])
+    lines = [f"{n} pairs, fake server latency {latency} s, {os.cpu_count()} cores, backtrans at {version}; "
+             f"each setting run {repeat}x, the median run shown (every run: time, and other load in cores).", "",
              "| backtrans concurrency | requests | processing s | wall s | ideal s | pairs/s (processing) "
-             "| pairs/s (wall) | share of ideal | CPU ms/row | other load (cores) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| pairs/s (wall) | share of ideal | CPU ms/row | other load (cores) | every run: processing s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for o in ours:
         lines.append(f"| {o['concurrency']} | {o['requests']} | {o['processing_s']:.1f} | {o['wall_s']:.1f} | "
                      f"{o['ideal_s']:.2f} | {o['pps_processing']:.0f} | {o['pps_wall']:.0f} | "
                      f"{100 * o['ideal_share']:.0f}% ({100 * o['ideal_share_wall']:.0f}% by wall) | "
-                     f"{o['cpu_ms_per_row']:.1f} | {o['other_cores']:.2f} |")
+                     f"{o['cpu_ms_per_row']:.1f} | {o['other_cores']:.2f} | {runs(o, 'processing_s')} |")
     if theirs:
         lines += ["", "| distilabel input_batch_size | requests | scored | wall s | pipeline.run() s | LLM span s "
-                  "| pairs/s (wall) | pairs/s (pipeline.run) | pairs/s (LLM span) | other load (cores) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| pairs/s (wall) | pairs/s (pipeline.run) | pairs/s (LLM span) | other load (cores) "
+                  "| every run: pipeline.run() s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for t in theirs:
             lines.append(f"| {t['batch']} | {t['requests']} | {t['scored']} | {t['wall_s']:.1f} | "
                          f"{t['pipeline_s']:.1f} | {t['llm_span_s']:.1f} | {t['pps_wall']:.0f} | "
-                         f"{t['pps_pipeline']:.0f} | {t['pps_span']:.0f} | {t['other_cores']:.2f} |")
+                         f"{t['pps_pipeline']:.0f} | {t['pps_span']:.0f} | {t['other_cores']:.2f} | "
+                         f"{runs(t, 'pipeline_s')} |")
         lines += ["", "| backtrans c | vs distilabel batch | wall / wall | processing / pipeline.run() "
                   "| processing / LLM span |", "|---:|---:|---:|---:|---:|"]
         for r in ratio_table(ours, theirs):
