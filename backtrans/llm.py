@@ -11,6 +11,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import openai
@@ -43,8 +44,13 @@ class LLMSettings:
         return cls(**values)
 
     def cache_identity(self) -> str:
-        """What, besides the prompt, decides the reply: the model and the endpoint it runs on."""
-        return f"{self.model}@{self.base_url or 'api.openai.com'}"
+        """What, besides the prompt, decides the reply: the model and the endpoint it runs on.
+
+        A server on this machine gets a new port each time it starts; it is still the same model.
+        """
+        host = urllib.parse.urlsplit(self.base_url or "").hostname
+        where = "local" if host in ("127.0.0.1", "localhost", "::1") else (self.base_url or "api.openai.com")
+        return f"{self.model}@{where}"
 
 
 @dataclass

@@ -106,3 +106,12 @@ def test_settings_from_env(monkeypatch, env_model):
     assert LLMSettings.from_env().model == env_model
     assert LLMSettings.from_env(model="cli").model == "cli"
     assert LLMSettings.from_env().base_url == "http://x/v1"
+
+
+def test_cache_identity_ignores_the_port_of_a_local_server():
+    first = LLMSettings(base_url="http://127.0.0.1:41000/v1", model="qwen")
+    again = LLMSettings(base_url="http://127.0.0.1:52000/v1", model="qwen")
+    assert first.cache_identity() == again.cache_identity()
+    assert first.cache_identity() != LLMSettings(base_url="http://127.0.0.1:41000/v1", model="other").cache_identity()
+    remote = LLMSettings(base_url="https://a.example/v1", model="qwen").cache_identity()
+    assert remote != LLMSettings(base_url="https://b.example/v1", model="qwen").cache_identity() != first
