@@ -27,6 +27,12 @@ from tests.fakellm import FakeConfig, FakeLLM  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread until the
+    session ends, and `asyncio.run` (the CLI, the runner) refuses to start inside it."""
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def fake_server() -> FakeLLM:
     server = FakeLLM(FakeConfig()).start()

@@ -277,7 +277,8 @@ def test_five_users_score_different_files_at_once(fake_process, tmp_path):
     for number, (table, *_, status) in results.items():
         rows = 20 + number * 5
         assert f"{rows}/{rows} rows" in status
-        shown = [row[1] for row in table["data"]]
+        column = table["headers"].index("instruction")
+        shown = [row[column] for row in table["data"]]
         assert shown and all(text.startswith(f"user{number} ") for text in shown)  # nobody else's rows
         assert keys[f"sk-user{number}-key-0123456789"] == rows  # each user's own key, for their own rows
 
