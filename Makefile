@@ -55,9 +55,14 @@ lint: install
 test: install browser lint
 	$(BIN)/python -m pytest -q
 
-bench: install
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/memory.py --rows 200000
+# The whole benchmark report in one go (about an hour on 2 cores); figures in docs/benchmarks.md.
+bench: install $(VENV)/.judge-model
+	$(BIN)/python bench/throughput.py --repeat 3
+	$(BIN)/python bench/memory.py --rows 20000 100000
+	$(BIN)/python bench/review_table.py
+	$(BIN)/python bench/argilla_push.py
+	$(BIN)/python bench/judge_quality.py --models smollm2-135m qwen2.5-coder-1.5b --templates humpback humpback-short \
+	  --cell-limit qwen2.5-coder-1.5b:humpback=20
 
 clean: down
 	rm -rf .backtrans
