@@ -137,7 +137,13 @@ def test_a_reviewer_works_in_argillas_own_ui(page: Page, argilla_stack, argilla_
     shown = page.get_by_text(re.compile(r"^UI question \d\?$")).first.inner_text()
     if SCREENSHOTS:
         page.screenshot(path=str(SCREENSHOTS / "screenshot-argilla.png"))
-    page.get_by_text("discard", exact=True).first.click()  # the label option, not the record's Discard action
+    option, choice = page.locator("label[for=keep_discard]"), page.locator("#keep_discard")
+    option.click()  # the label option, not the record's Discard action
+    try:
+        expect(choice).to_be_checked(timeout=5_000)
+    except AssertionError:  # a click that landed before the form was wired up: once more
+        option.click()
+    expect(choice).to_be_checked(timeout=10_000)
     submit = page.locator("button[type=submit]")
     expect(submit).to_be_enabled(timeout=10_000)
     submit.click()
