@@ -218,9 +218,7 @@ async def augment(files: list[str] | None, seeds: str | None, min_chars: float, 
     try:
         task = BackwardTask(load_template("backward-instruction"), _settings(model, base_url, api_key, concurrency),
                             load_seed_examples(seeds))
-        sources = [folder] if all(Path(f).suffix.lower() in (".txt", ".md", ".html", ".htm") for f in files) else [
-            folder / Path(f).name for f in files]
-        rows = [row for source in sources for row in candidate_rows(source, filters, report)]
+        rows = list(candidate_rows([folder / Path(f).name for f in files], filters, report))
     except (RecordsError, TemplateError) as exc:
         yield None, pd.DataFrame(), f"**Cannot read the documents.** {exc}"
         return

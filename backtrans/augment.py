@@ -231,10 +231,13 @@ def load_seed_examples(path: str | Path | None = None, limit: int = 3) -> list[d
     return examples
 
 
-def candidate_rows(source: str | Path, settings: FilterSettings | None = None, report: FilterReport | None = None,
-                   **read_options) -> Iterator[dict]:
-    """Documents -> segments -> filters -> rows waiting for their instruction."""
-    segments = (item for doc_id, text, kind in read_documents(source, **read_options)
+def candidate_rows(sources: str | Path | Iterable[str | Path], settings: FilterSettings | None = None,
+                   report: FilterReport | None = None, **read_options) -> Iterator[dict]:
+    """Documents -> segments -> filters -> rows waiting for their instruction. Several sources (files,
+    folders, datasets) go through one filter, so a segment repeated across them is caught too."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    segments = (item for source in sources for doc_id, text, kind in read_documents(source, **read_options)
                 for item in segment(text, kind, doc_id))
     return segments_to_rows(filter_segments(segments, settings, report))
 

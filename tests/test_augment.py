@@ -135,3 +135,11 @@ def test_real_local_model_writes_instructions_for_three_documents(local_llm, tmp
     assert len(rows) == 3
     assert all(row["augment_status"] in ("ok", "parse_error") for row in rows)
     assert sum(bool(row["instruction"]) for row in rows) >= 2
+
+
+def test_a_segment_repeated_across_files_is_caught(tmp_path):
+    (tmp_path / "a.md").write_text(f"# Bread\n{PARAGRAPH}\n")
+    (tmp_path / "b.md").write_text(f"# Bread, again\n{PARAGRAPH}\n")
+    report = A.FilterReport()
+    rows = list(A.candidate_rows([tmp_path / "a.md", tmp_path / "b.md"], A.FilterSettings(min_chars=50), report))
+    assert [row["source"] for row in rows] == ["a.md"] and report.removed["exact_duplicate"] == 1
