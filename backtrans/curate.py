@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from backtrans.export import score_histogram
 from backtrans.judge import RESULT_COLUMNS
 
 # Short columns first: the verdict stays in view beside the pair however long the texts are.
@@ -148,12 +149,11 @@ def _shorten(value: object) -> str:
 
 
 def histogram(frame: pd.DataFrame, lo: int = 0, hi: int = 5) -> pd.DataFrame:
-    scores = pd.to_numeric(frame.get("score", pd.Series(dtype=float)), errors="coerce")
-    counts = scores.dropna().astype(int).value_counts()
-    levels = range(min(lo, int(counts.index.min()) if len(counts) else lo),
-                   max(hi, int(counts.index.max()) if len(counts) else hi) + 1)
-    table = pd.DataFrame({"score": [str(s) for s in levels], "pairs": [int(counts.get(s, 0)) for s in levels]})
-    unscored = int(scores.isna().sum())
+    """Pairs per score, every level of the scale shown (empty ones too), unscored last."""
+    counts = score_histogram(pd.to_numeric(frame.get("score", pd.Series(dtype=float)), errors="coerce"))
+    unscored = counts.pop("none", 0)
+    levels = range(min([lo, *map(int, counts)]), max([hi, *map(int, counts)]) + 1)
+    table = pd.DataFrame({"score": [str(s) for s in levels], "pairs": [counts.get(str(s), 0) for s in levels]})
     if unscored:
         table = pd.concat([table, pd.DataFrame({"score": ["none"], "pairs": [unscored]})], ignore_index=True)
     return table

@@ -199,8 +199,7 @@ def curated(rows: Iterable[dict], min_score: float, by: str = "score") -> Iterab
 def score_histogram(scores: Iterable[object]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for score in scores:
-        missing = score is None or (isinstance(score, float) and pd.isna(score))
-        label = "none" if missing else str(int(score))
+        label = "none" if score is None or pd.isna(score) else str(int(score))
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -124,15 +124,6 @@ class RunStore:
         row = self.db.execute("SELECT result FROM results WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def get_many(self, keys: list[str]) -> dict[str, dict]:
-        found: dict[str, dict] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, result in self.db.execute(f"SELECT key, result FROM results WHERE key IN ({marks})", chunk):
-                found[key] = json.loads(result)
-        return found
-
     def record(self, run_id: str, key: str, result: dict, call: dict | None) -> None:
         """Log the call and, when the row is finished, cache its result, in one transaction."""
         now = time.time()
