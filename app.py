@@ -518,10 +518,13 @@ with gr.Blocks(title="backtrans") as demo:
     review_outputs = [results, page_info, scores_plot, curation]
     loaded = [bench_state, data_preview, data_status]
 
+    def refresh_export(event):
+        """The download button always holds the current curated set (a DownloadButton cannot build on click)."""
+        return event.then(export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+
     def after_load(event):
-        event.then(refresh_review, [bench_state, *filters], review_outputs, api_name=False).then(
-            preview_prompt, [bench_state, template, custom_template], prompt_preview, api_name=False).then(
-            export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+        refresh_export(event.then(refresh_review, [bench_state, *filters], review_outputs, api_name=False).then(
+            preview_prompt, [bench_state, template, custom_template], prompt_preview, api_name=False))
 
     upload_event = upload.upload(inspect_upload, upload, [instruction_column, generation_column, data_preview,
                                                           source_state], api_name="inspect_upload")
@@ -552,28 +555,25 @@ with gr.Blocks(title="backtrans") as demo:
                                   threshold, min_score, max_score, statuses, search, sort],
                           [*review_outputs, judge_status], api_name="judge", show_progress_on=[judge_status])
     stop.click(None, None, None, cancels=[judging])
-    judging.then(export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+    refresh_export(judging)
     refresh_runs.click(list_runs, None, runs, api_name="list_runs")
     after_load(resume.click(resume_run, runs, [*loaded, template, model, base_url], api_name="resume_run"))
 
     for control in filters:
         control.change(refresh_review, [bench_state, *filters], review_outputs, api_name=False)
-    keep_by.change(set_keep_by, [bench_state, keep_by, *filters], review_outputs, api_name=False).then(
-        export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+    refresh_export(keep_by.change(set_keep_by, [bench_state, keep_by, *filters], review_outputs, api_name=False))
     for control in (threshold, export_format):
         control.change(export_file, [bench_state, export_format, threshold], export_download, api_name=False)
     results.select(select_row, [bench_state, results], [selected_row, detail], api_name=False)
     for button, decision in ((keep_button, True), (discard_button, False), (clear_button, None)):
-        button.click(overrider(decision), [bench_state, selected_row, *filters], review_outputs,
-                     api_name=False).then(
-            export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+        refresh_export(button.click(overrider(decision), [bench_state, selected_row, *filters], review_outputs,
+                                    api_name=False))
 
     push_button.click(push_to_argilla, [bench_state, argilla_dataset, argilla_workspace, template, threshold],
                       argilla_status, api_name="argilla_push")
-    pull_button.click(pull_from_argilla, [bench_state, argilla_dataset, argilla_workspace, policy, threshold],
-                      [agreement_report, confusion_plot, disagreements], api_name="argilla_pull").then(
-        refresh_review, [bench_state, *filters], review_outputs, api_name=False).then(
-        export_file, [bench_state, export_format, threshold], export_download, api_name=False)
+    pulled = pull_button.click(pull_from_argilla, [bench_state, argilla_dataset, argilla_workspace, policy, threshold],
+                               [agreement_report, confusion_plot, disagreements], api_name="argilla_pull")
+    refresh_export(pulled.then(refresh_review, [bench_state, *filters], review_outputs, api_name=False))
     hub_push.click(export_to_hub, [bench_state, hub_repo, threshold], export_status, api_name="export_hub")
 
 

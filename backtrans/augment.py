@@ -20,7 +20,7 @@ from pathlib import Path
 from backtrans.llm import Completion, LLMClient, LLMSettings
 from backtrans.records import RecordsError, iter_rows
 from backtrans.store import content_key
-from backtrans.templates import Template, TemplateError
+from backtrans.templates import Template
 
 SEED_PATH = Path(__file__).resolve().parent / "data" / "seed_examples.jsonl"
 DOCUMENT_SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
@@ -249,9 +249,7 @@ class BackwardTask:
     output_columns = ("instruction", "instruction_model", "augment_status", "augment_error")
 
     def __init__(self, template: Template, settings: LLMSettings, examples: list[dict]):
-        if template.kind != "backward":
-            raise TemplateError(f"template {template.name!r} is a {template.kind} template, not a backward template")
-        self.template = template
+        self.template = template.require_kind("backward")
         self.settings = settings
         self.examples = examples
         self.params = template.generation_params()
@@ -289,9 +287,7 @@ class ResponseTask:
     output_columns = GENERATE_COLUMNS
 
     def __init__(self, template: Template, settings: LLMSettings):
-        if template.kind != "generate":
-            raise TemplateError(f"template {template.name!r} is a {template.kind} template, not a generate template")
-        self.template = template
+        self.template = template.require_kind("generate")
         self.settings = settings
         self.params = template.generation_params()
 

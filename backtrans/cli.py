@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from backtrans.argilla_sync import ArgillaError
+from backtrans.argilla_sync import POLICIES, ArgillaError
 from backtrans.augment import (
     BackwardTask,
     FilterReport,
@@ -54,6 +54,13 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _threshold_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--min-score", type=float, default=4, help=help_text)
+    parser.add_argument("--by", choices=["score", "expected_score"], default="score",
+                        help="compare the threshold with the parsed score or the expected score from digit "
+                        "probabilities (better for small local judges)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backtrans", description="Instruction backtranslation: "
                                      "score, generate, curate and export instruction-tuning data.")
@@ -77,17 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     curate = sub.add_parser("curate", help="keep the pairs scored at or above a threshold")
     curate.add_argument("input")
     curate.add_argument("-o", "--output", required=True)
-    curate.add_argument("--min-score", type=float, default=4, help="4 = the paper's A4 set, 5 = A5")
-    curate.add_argument("--by", choices=["score", "expected_score"], default="score",
-                        help="compare the threshold with the parsed score or the expected score from digit "
-                        "probabilities (better for small local judges)")
+    _threshold_options(curate, "4 = the paper's A4 set, 5 = A5")
 
     export = sub.add_parser("export", help="write a scored or curated file in another format")
     export.add_argument("input")
     export.add_argument("-o", "--output", required=True)
     export.add_argument("--format", choices=["jsonl", "parquet", "csv", "chat"])
-    export.add_argument("--min-score", type=float, help="export only the kept pairs")
-    export.add_argument("--by", choices=["score", "expected_score"], default="score")
+    _threshold_options(export, "export only the kept pairs (default: every pair)")
+    export.set_defaults(min_score=None)
     export.add_argument("--system-tag", help="chat format: override the paper's seed/augmented system tags")
     export.add_argument("--push-to-hub", metavar="REPO", help="also upload to a Hub dataset repo (needs HF_TOKEN)")
 
@@ -106,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("input")
     push.add_argument("--dataset", required=True)
     push.add_argument("--workspace", help="Argilla workspace (default: backtrans)")
-    push.add_argument("--min-score", type=float, default=4, help="the suggested keep threshold (default 4)")
-    push.add_argument("--by", choices=["score", "expected_score"], default="score")
+    _threshold_options(push, "the suggested keep threshold (default 4)")
     push.add_argument("--template", default=os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
                       help="the judge template the scores came from (sets the rating range and guidelines)")
     push.add_argument("--batch-size", type=int, default=200)
@@ -117,9 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("-o", "--output", required=True)
     pull.add_argument("--scored", help="the scored file that was pushed: its rows get the decisions "
                       "(default: rebuild the rows from Argilla)")
-    pull.add_argument("--policy", choices=["majority", "unanimous", "any-discard"], default="majority")
-    pull.add_argument("--min-score", type=float, default=4)
-    pull.add_argument("--by", choices=["score", "expected_score"], default="score")
+    pull.add_argument("--policy", choices=POLICIES, default="majority")
+    _threshold_options(pull, "the judge's keep threshold, for final_keep and the agreement (default 4)")
     pull.add_argument("--report", help="write the agreement report as JSON here")
 
     deploy = sub.add_parser("deploy", help="create or update the Hugging Face Space (see space.yaml)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from backtrans.llm import Completion, LLMClient, LLMSettings
 from backtrans.store import content_key
-from backtrans.templates import Template, TemplateError
+from backtrans.templates import Template
 
 # "Score: 4", "**Score:** **4**", "score - 4/5", "Rating: 4 out of 5", "Score (1-5): 4", "the rating is 4"
 _SCORE_STATEMENT = re.compile(
@@ -126,9 +126,7 @@ class JudgeTask:
     output_columns = RESULT_COLUMNS
 
     def __init__(self, template: Template, settings: LLMSettings):
-        if template.kind != "judge":
-            raise TemplateError(f"template {template.name!r} is a {template.kind} template, not a judge template")
-        self.template = template
+        self.template = template.require_kind("judge")
         self.settings = settings
         self.params = template.generation_params()
 

@@ -53,6 +53,12 @@ class Template:
     def render(self, **values: object) -> str:
         return render_source(self.source, self.name, values)
 
+    def require_kind(self, kind: str) -> Template:
+        """A task refuses a template written for another task (a judge prompt cannot write instructions)."""
+        if self.kind != kind:
+            raise TemplateError(f"template {self.name!r} is a {self.kind} template, not a {kind} template")
+        return self
+
     def generation_params(self) -> dict:
         return {
             "max_tokens": self.max_tokens,
