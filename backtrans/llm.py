@@ -73,9 +73,9 @@ class LLMError(RuntimeError):
 
 
 def redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    return _KEY_LIKE.sub(lambda m: m.group(1) + "-***", text)
+    from backtrans.redaction import redact as _redact  # the one redaction rule (whole values only)
+
+    return _redact(text, secret)
 
 
 class _RateLimiter:

@@ -239,7 +239,7 @@ def merge(row: dict, result: dict, columns: tuple[str, ...]) -> dict:
 
 
 async def stream_results(
-    rows: list[dict], task: Task, store_path: str, run_config: dict
+    rows: list[dict], task: Task, store_path: str, run_config: dict, owner: str = ""
 ) -> AsyncIterator[tuple[int, dict, Progress]]:
     """For interactive faces: (row index, result, progress) as each row finishes, in order.
 
@@ -249,7 +249,7 @@ async def stream_results(
     store = RunStore(store_path)
     client = LLMClient(task.settings)
     progress = Progress(total=len(rows))
-    run_id = store.find_run(task.kind, run_config) or store.start_run(task.kind, run_config)
+    run_id = store.find_run(task.kind, run_config, owner) or store.start_run(task.kind, run_config, owner=owner)
     try:
         index = 0
         async for _, result in run_rows(rows, task, client, store, run_id, progress):

@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS run_rows (
 );
 """
 
+# Numbered steps from the first schema (version 0) on; `PRAGMA user_version` says how many have run.
+# Append only: a store written by an older backtrans is brought up to date when it is opened.
+MIGRATIONS = (
+    # 1: every run belongs to an owner (a signed-in user or a browser), so a shared app can scope reads.
+    "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created)",
+    "CREATE INDEX IF NOT EXISTS calls_created ON calls(created)",
+)
+
 CACHEABLE = ("ok", "parse_error")
 
 
@@ -70,6 +79,7 @@ class RunInfo:
     created: float
     finished: float | None
     parent_run_id: str | None
+    owner: str = ""
 
 
 class RunStore:
@@ -83,41 +93,99 @@ class RunStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # two processes opening an old store migrate it once
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for number, statement in enumerate(MIGRATIONS[version:], start=version + 1):
+                self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
 
     # runs -----------------------------------------------------------------------------------------
-    def start_run(self, kind: str, config: dict, run_id: str | None = None, parent: str | None = None) -> str:
-        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    def start_run(self, kind: str, config: dict, run_id: str | None = None, parent: str | None = None,
+                  owner: str = "") -> str:
+        """`owner`: who may see the run again ("" for the CLI's own store, which belongs to its user)."""
+        # Unguessable: in a shared app a run id is never a key to someone else's run, but it is shown.
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:12]
         self.db.execute(
-            "INSERT OR IGNORE INTO runs(run_id, created, kind, config, parent_run_id) VALUES (?,?,?,?,?)",
-            (run_id, time.time(), kind, json.dumps(config, default=str), parent),
+            "INSERT OR IGNORE INTO runs(run_id, created, kind, config, parent_run_id, owner) VALUES (?,?,?,?,?,?)",
+            (run_id, time.time(), kind, json.dumps(config, default=str), parent, owner),
         )
         return run_id
 
-    def find_run(self, kind: str, config: dict) -> str | None:
-        """The newest unfinished run with exactly this configuration: the one to resume."""
+    def find_run(self, kind: str, config: dict, owner: str = "") -> str | None:
+        """The owner's newest unfinished run with exactly this configuration: the one to resume."""
         row = self.db.execute(
-            "SELECT run_id FROM runs WHERE kind=? AND config=? AND finished IS NULL ORDER BY created DESC LIMIT 1",
-            (kind, json.dumps(config, default=str)),
+            "SELECT run_id FROM runs WHERE kind=? AND config=? AND owner=? AND finished IS NULL"
+            " ORDER BY created DESC LIMIT 1",
+            (kind, json.dumps(config, default=str), owner),
         ).fetchone()
         return row[0] if row else None
 
     def finish_run(self, run_id: str) -> None:
         self.db.execute("UPDATE runs SET finished=? WHERE run_id=?", (time.time(), run_id))
 
-    def run(self, run_id: str) -> RunInfo | None:
+    def run(self, run_id: str, owner: str | None = None) -> RunInfo | None:
+        """The run, or None. With `owner`, another owner's run is None too, exactly as a made-up id is."""
         row = self.db.execute(
-            "SELECT run_id, kind, config, created, finished, parent_run_id FROM runs WHERE run_id=?", (run_id,)
+            "SELECT run_id, kind, config, created, finished, parent_run_id, owner FROM runs WHERE run_id=?",
+            (run_id,),
         ).fetchone()
-        if not row:
+        if not row or (owner is not None and row[6] != owner):
             return None
-        return RunInfo(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
+        return RunInfo(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6])
 
-    def runs(self) -> list[RunInfo]:
-        ids = [r[0] for r in self.db.execute("SELECT run_id FROM runs ORDER BY created DESC")]
+    def runs(self, owner: str | None = None) -> list[RunInfo]:
+        """Newest first; with `owner`, only that owner's."""
+        where, args = ("WHERE owner=?", (owner,)) if owner is not None else ("", ())
+        ids = [r[0] for r in self.db.execute(f"SELECT run_id FROM runs {where} ORDER BY created DESC", args)]
         return [self.run(i) for i in ids]
+
+    def calls_since(self, owner: str, since: float) -> int:
+        """LLM calls made for an owner's runs since a time: what a daily quota counts."""
+        return self.db.execute(
+            "SELECT COUNT(*) FROM calls c JOIN runs r ON r.run_id = c.run_id WHERE r.owner=? AND c.created>=?",
+            (owner, since),
+        ).fetchone()[0]
+
+    def delete_runs(self, owner: str | None = None, before: float | None = None) -> int:
+        """Forget runs (an owner's, or all created before a time): their calls and their cached results.
+
+        A cached result that another remaining run also uses stays: it is that run's result too.
+        """
+        clauses, args = [], []
+        if owner is not None:
+            clauses.append("owner=?")
+            args.append(owner)
+        if before is not None:
+            clauses.append("created<?")
+            args.append(before)
+        if not clauses:
+            raise ValueError("delete_runs needs an owner or a time")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed(run_id TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM doomed")
+            self.db.execute(f"INSERT INTO doomed SELECT run_id FROM runs WHERE {' AND '.join(clauses)}", args)
+            count = self.db.execute("SELECT COUNT(*) FROM doomed").fetchone()[0]
+            self.db.execute("DELETE FROM calls WHERE run_id IN (SELECT run_id FROM doomed)")
+            self.db.execute(
+                "DELETE FROM results WHERE key IN"
+                " (SELECT key FROM run_rows WHERE run_id IN (SELECT run_id FROM doomed))"
+                " AND key NOT IN (SELECT key FROM run_rows WHERE run_id NOT IN (SELECT run_id FROM doomed))"
+            )
+            self.db.execute("DELETE FROM run_rows WHERE run_id IN (SELECT run_id FROM doomed)")
+            self.db.execute("DELETE FROM runs WHERE run_id IN (SELECT run_id FROM doomed)")
+        return count
 
     # results --------------------------------------------------------------------------------------
     def get(self, key: str) -> dict | None:
