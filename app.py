@@ -477,9 +477,12 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                 .then(clear_selection, session_state, [detail, *override_buttons], api_name=False)
                 .then(preview_prompt, [session_state, template, custom_template], prompt_preview, api_name=False))
 
-        upload.upload(inspect_upload, [session_state, upload],
-                      [session_state, instruction_column, generation_column, data_preview, data_status],
-                      api_name="inspect_upload")
+        inspected = upload.upload(inspect_upload, [session_state, upload],
+                                  [session_state, instruction_column, generation_column, data_preview, data_status],
+                                  api_name="inspect_upload")
+        # Most files need no mapping: load at once with the guess; the mapping button reloads with another.
+        after_load(inspected.success(load_upload, [session_state, instruction_column, generation_column], loaded,
+                                     api_name=False))
         after_load(apply_mapping.click(load_upload, [session_state, instruction_column, generation_column], loaded,
                                        api_name="load_upload"))
         after_load(sample.click(load_sample, session_state, loaded, api_name="load_sample"))

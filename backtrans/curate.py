@@ -16,7 +16,8 @@ from backtrans.export import score_histogram
 from backtrans.judge import RESULT_COLUMNS
 
 # Short columns first: the verdict stays in view beside the pair however long the texts are.
-REVIEW_COLUMNS = ["row", "score", "expected_score", "reason", "instruction", "generation", "status", "final_keep"]
+# The verdict (final, and the judge's own) first: it stays in view without scrolling.
+REVIEW_COLUMNS = ["row", "verdict", "judge", "score", "expected_score", "reason", "instruction", "generation", "status"]
 STATUSES = ("ok", "parse_error", "llm_error", "pending")
 SORTS = {
     "input order": ("row", True),
@@ -95,6 +96,12 @@ class Workbench:
         if "human_keep" in frame:
             human = human.where(human.notna(), frame["human_keep"])
         frame["final_keep"] = human.where(human.notna(), llm_keep).astype(bool)
+        frame["judge_keep"] = llm_keep.where(judged.notna(), pd.NA)
+        by_you = frame["row"].isin(self.overrides.keys())
+        frame["decided_by"] = "judge"
+        if "human_keep" in frame:
+            frame.loc[frame["human_keep"].notna(), "decided_by"] = "reviewer"
+        frame.loc[by_you, "decided_by"] = "you"
         return frame
 
     def filtered(self, filters: Filters, threshold: float) -> pd.DataFrame:
@@ -114,7 +121,7 @@ class Workbench:
 
     def rows_for_export(self, threshold: float) -> list[dict]:
         frame = self.with_decisions(threshold)
-        kept = frame[frame["final_keep"]].drop(columns=["row"])
+        kept = frame[frame["final_keep"]].drop(columns=["row", "judge_keep", "decided_by"])
         return [{k: _plain(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
 
     def all_rows(self) -> list[dict]:
@@ -138,9 +145,19 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
     earlier = sorted(c for c in view.columns if c.startswith("score_r") and c[7:].isdigit())
     columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     shown = chunk.reindex(columns=columns).copy()
+    if "final_keep" in chunk:
+        shown["verdict"] = [_verdict(keep, by) for keep, by in zip(chunk["final_keep"], chunk["decided_by"])]
+        shown["judge"] = [_verdict(keep, "judge") for keep in chunk["judge_keep"]]
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)
     return shown, pages
+
+
+def _verdict(keep: object, decided_by: str) -> str:
+    if keep is None or keep is pd.NA:
+        return ""
+    word = "keep" if bool(keep) else "discard"
+    return word if decided_by == "judge" else f"{word} ({decided_by})"
 
 
 def _shorten(value: object) -> str:

@@ -89,9 +89,11 @@ class Workspace:
             finally:
                 store.close()
         owners = self.data_dir / "owners"
-        for path in owners.glob("*/*/*") if owners.exists() else ():
+        for path in sorted(owners.rglob("*"), reverse=True) if owners.exists() else ():
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()  # children come first in reverse order
         return removed
 
 
@@ -218,6 +220,7 @@ class Session:
 
     def inspect_upload(self, path: str, original_name: str | None = None) -> Inspection:
         """Preview the raw columns of an uploaded file and guess the mapping."""
+        self.pending_upload = None
         try:
             kept, label = self._keep_upload(path, original_name)
             head = preview_columns(kept)

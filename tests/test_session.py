@@ -1,0 +1,340 @@
+"""The headless session: every step a face offers, in-process, scoped to its owner."""
+
+import asyncio
+import json
+import os
+import time
+
+import pandas as pd
+import pytest
+
+from backtrans import backends
+from backtrans.augment import FilterSettings
+from backtrans.curate import STATUSES, Filters
+from backtrans.limits import JobGate, LimitError, Limits
+from backtrans.owners import owner_for
+from backtrans.session import NoSuchRun, Session, SessionError, Workspace
+from backtrans.store import RunStore
+from tests.conftest import write_jsonl
+
+ALL = Filters(0, 10, STATUSES, "", "input order")
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "data", Limits())
+
+
+def _session(workspace: Workspace, user: str | None = None) -> Session:
+    return workspace.session(owner_for(user, None))
+
+
+def _drain(generator) -> list:
+    async def go():
+        return [item async for item in generator]
+
+    return asyncio.run(go())
+
+
+def _choice(fake_llm, key: str = "", concurrency: int = 8) -> backends.Choice:
+    return backends.choose("custom", model="fake", base_url=fake_llm.url, api_key=key, concurrency=concurrency)
+
+
+def _judge(session: Session, fake_llm, template: str = "humpback", **kwargs) -> list:
+    return _drain(session.judge(session.resolve_template(template), _choice(fake_llm, **kwargs), every_s=0))
+
+
+def test_bad_upload_names_the_file_the_user_knows_with_line_and_column(workspace, tmp_path):
+    bad = tmp_path / "upload-cache-name.jsonl"
+    bad.write_text('{"instruction": "q", "generation": "a"}\n{"instruction": 1,\n')
+    session = _session(workspace)
+    with pytest.raises(SessionError) as error:
+        session.inspect_upload(str(bad), "my data.jsonl")
+    assert "my data.jsonl:2:1: invalid JSON" in str(error.value)
+    assert session.pending_upload is None and not session.load_upload("instruction", "generation").ok
+    late = tmp_path / "late.jsonl"  # past the preview: the full validation names it
+    late.write_text("".join(f'{{"instruction": "q{i}", "generation": "a"}}\n' for i in range(8))
+                    + '{"instruction": "q", "generation": }\n')
+    session.inspect_upload(str(late), "late data.jsonl")
+    loaded = session.load_upload("instruction", "generation")
+    assert not loaded.ok and session.bench is None
+    assert "late data.jsonl:9:" in loaded.message, loaded.message
+
+
+def test_upload_guesses_the_mapping_and_keeps_the_original_name(workspace, tmp_path):
+    src = write_jsonl(tmp_path / "odd.jsonl", [{"ask": "q1", "reply": "a1", "alt": "b1"}])
+    session = _session(workspace)
+    found = session.inspect_upload(str(src), "odd pairs.jsonl")
+    assert found.columns == ["ask", "reply", "alt"] and found.instruction_column is None
+    kept = session.pending_upload[0]
+    assert kept != str(src) and os.path.exists(kept) and str(session.folder) in kept  # the owner's own copy
+    loaded = session.load_upload("ask", "alt")
+    assert loaded.ok and "odd pairs.jsonl" in loaded.message
+    assert session.bench.frame.iloc[0]["generation"] == "b1"
+    assert not session.load_upload(None, None).ok
+
+
+def test_an_upload_of_an_unknown_type_or_too_large_is_refused(tmp_path):
+    session = Workspace(tmp_path / "d", Limits(upload_mb=1)).session(owner_for(None, None))
+    exe = tmp_path / "tool.sh"
+    exe.write_text("echo hi")
+    with pytest.raises(SessionError, match="unknown file type"):
+        session.inspect_upload(str(exe), "tool.sh")
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b'{"instruction": "q", "generation": "a"}\n' * 40_000)
+    with pytest.raises(SessionError, match="up to 1 MB"):
+        session.inspect_upload(str(big), "big.jsonl")
+
+
+def test_sample_is_scored_with_score_and_reason_and_a_done_line(workspace, fake_llm):
+    session = _session(workspace)
+    assert session.load_sample().ok and len(session.bench) == 30
+    updates = _judge(session, fake_llm)
+    assert updates[-1].done and updates[-1].message.startswith("**Done:** 30 rows in ")
+    assert "rows/s" in updates[0].message and "/30 rows" in updates[0].message
+    view = session.review(ALL, 4)
+    assert list(view.table.columns[:4]) == ["row", "verdict", "judge", "score"]
+    assert view.table["score"].notna().all() and view.table["reason"].str.len().gt(0).all()
+    assert fake_llm.requests == 30 and int(view.histogram["pairs"].sum()) == 30
+    kept = int((session.bench.frame["score"] >= 4).sum())
+    assert f"kept (score ≥4): **{kept}**" in view.summary
+
+
+def test_the_api_key_is_sent_but_never_shown(workspace, fake_llm):
+    secret = "sk-app-SECRET-0123456789abcdef"
+    fake_llm.config.rate_500 = 1.0
+    session = _session(workspace)
+    session.load_sample()
+    updates = _judge(session, fake_llm, key=secret)
+    shown = json.dumps([u.message for u in updates]) + session.bench.frame.to_json()
+    assert secret not in shown and fake_llm.api_keys[secret] >= 1
+
+
+def test_review_filters_sort_and_an_override_follows_the_row(workspace, fake_llm):
+    session = _session(workspace)
+    session.load_sample()
+    _judge(session, fake_llm)
+    table = session.review(Filters(5, 5, ("ok",), "", "input order"), 4).table
+    assert set(table["score"]) == {5}
+    table = session.review(Filters(0, 10, STATUSES, "capital", "input order"), 4).table
+    assert list(table["instruction"]) == ["What is the capital of Australia?"]
+    low = int(session.review(Filters(0, 10, STATUSES, "", "score, low first"), 4).table.iloc[0]["row"])
+    assert session.override(True) is False  # nothing selected: nothing recorded
+    session.select(low)
+    assert session.override(True)
+    view = session.review(ALL, 4)
+    assert view.table.set_index("row").loc[low, "verdict"] == "keep (you)" and "1 overrides" in view.summary
+    exported = session.export("jsonl", 4)
+    kept = {json.loads(line)["instruction"] for line in open(exported.path)}
+    assert session.bench.frame.iloc[low]["instruction"] in kept
+
+
+def test_loading_other_data_clears_the_selection_and_the_overrides(workspace, fake_llm, tmp_path):
+    session = _session(workspace)
+    session.load_sample()
+    session.select(29)
+    session.override(False)
+    src = write_jsonl(tmp_path / "five.jsonl", [{"instruction": f"q{i}", "generation": f"a{i}"} for i in range(5)])
+    session.inspect_upload(str(src), "five.jsonl")
+    session.load_upload("instruction", "generation")
+    assert session.selected_row is None and session.bench.overrides == {}
+    assert session.override(True) is False
+    assert "overrides" not in session.review(ALL, 4).summary
+
+
+def test_generate_fills_missing_responses_then_judge(workspace, fake_llm, tmp_path):
+    src = write_jsonl(tmp_path / "instructions.jsonl", [{"instruction": "Name a colour."}, {"instruction": "Hi?"}])
+    session = _session(workspace)
+    session.inspect_upload(str(src), "instructions.jsonl")
+    assert "2 have no response yet" in session.load_upload("instruction", None).message
+    assert "run **Generate** first" in _judge(session, fake_llm)[-1].message and fake_llm.requests == 0
+    updates = _drain(session.generate(_choice(fake_llm), every_s=0))
+    assert session.bench.frame["generation"].notna().all() and "**Done:** 2 rows" in updates[-1].message
+    _judge(session, fake_llm)
+    assert session.bench.frame["score"].notna().all()
+
+
+def test_custom_template_preview_and_sandbox(workspace, fake_llm):
+    session = _session(workspace)
+    session.load_sample()
+    assert session.preview_prompt("custom", "Q: {{ instruction }}") == f"Q: {session.bench.frame.iloc[0]['instruction']}"
+    assert "refused by the sandbox" in session.preview_prompt("custom", "{{ ''.__class__.__mro__ }}")
+
+
+def test_resume_an_earlier_run_of_ones_own(workspace, fake_llm, tmp_path):
+    session = _session(workspace, "alice")
+    src = write_jsonl(tmp_path / "cache-name.jsonl", [{"instruction": f"q{i}", "generation": f"a{i}"} for i in range(6)])
+    session.inspect_upload(str(src), "alice.jsonl")
+    session.load_upload("instruction", "generation")
+    _judge(session, fake_llm, template="additive")
+    runs = session.runs()
+    assert [r.label for r in runs] == ["alice.jsonl"] and runs[0].finished
+    again = _session(workspace, "alice")  # a new page, the same account
+    resumed = again.resume(runs[0].run_id)
+    assert resumed.template == "additive" and resumed.base_url == fake_llm.url and resumed.backend == "custom"
+    before = fake_llm.requests
+    final = _judge(again, fake_llm, template="additive")[-1]
+    assert fake_llm.requests == before and "6 from the store" in final.message
+
+
+def test_another_owners_run_reads_exactly_as_a_made_up_one(workspace, fake_llm):
+    alice, bob = _session(workspace, "alice"), _session(workspace)
+    alice.load_sample()
+    _judge(alice, fake_llm)
+    run_id = alice.runs()[0].run_id
+    assert bob.runs() == []
+    with pytest.raises(NoSuchRun) as theirs:
+        bob.resume(run_id)
+    with pytest.raises(NoSuchRun) as made_up:
+        bob.resume("20260101-000000-000000000000")
+    assert str(theirs.value) == str(made_up.value) == "No such run."
+    assert bob.bench is None
+
+
+def test_a_cache_hit_from_another_owner_reveals_nothing_of_theirs(workspace, fake_llm, tmp_path):
+    alice, bob = _session(workspace, "alice"), _session(workspace, "bob")
+    src = write_jsonl(tmp_path / "x.jsonl", [{"instruction": "shared q", "generation": "shared a"}])
+    alice.inspect_upload(str(src), "alice-secret-name.jsonl")
+    alice.load_upload("instruction", "generation")
+    _judge(alice, fake_llm)
+    bob.inspect_upload(str(src), "bob.jsonl")
+    bob.load_upload("instruction", "generation")
+    before = fake_llm.requests
+    final = _judge(bob, fake_llm)[-1]
+    assert fake_llm.requests == before and "1 from the store" in final.message  # the call was saved
+    shown = json.dumps([r.describe() for r in bob.runs()]) + bob.bench.frame.to_json() + final.message
+    assert "alice" not in shown and alice.runs()[0].run_id not in shown
+
+
+def test_delete_my_data_removes_runs_uploads_and_exports_of_that_owner_only(workspace, fake_llm, tmp_path):
+    alice, bob = _session(workspace, "alice"), _session(workspace, "bob")
+    for session, name in ((alice, "a"), (bob, "b")):
+        src = write_jsonl(tmp_path / f"{name}.jsonl", [{"instruction": f"{name} q", "generation": f"{name} a"}])
+        session.inspect_upload(str(src), f"{name}.jsonl")
+        session.load_upload("instruction", "generation")
+        _judge(session, fake_llm)
+        assert session.export("csv", 0).rows == 1
+    message = alice.delete_my_data()
+    assert "1 runs" in message and not alice.folder.exists() and alice.runs() == [] and alice.bench is None
+    assert len(bob.runs()) == 1 and bob.folder.exists()
+    store = RunStore(workspace.store_path)
+    remaining = [row[0] for row in store.db.execute("SELECT run_id FROM results")]
+    store.close()
+    assert remaining == [bob.runs()[0].run_id]  # alice's result is gone, bob's stays
+
+
+def test_retention_removes_what_is_older_than_its_days(tmp_path, fake_llm):
+    workspace = Workspace(tmp_path / "d", Limits(retention_days=7))
+    session = _session(workspace, "carol")
+    session.load_sample()
+    _judge(session, fake_llm)
+    session.export("jsonl", 4)
+    assert workspace.expire() == 0 and session.runs()
+    assert workspace.expire(now=time.time() + 8 * 86400) == 1
+    assert session.runs() == [] and not any(p.is_file() for p in session.folder.rglob("*"))
+
+
+def test_quotas_rows_per_job_daily_rows_and_jobs_per_owner(tmp_path, fake_llm, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url)
+    monkeypatch.setenv("BACKTRANS_MODEL", "fake")
+    workspace = Workspace(tmp_path / "d", Limits(rows_per_job=20, rows_per_day=40))
+    session = _session(workspace)
+    session.load_sample()  # 30 rows
+    with pytest.raises(LimitError, match="at most 20 per job"):
+        _drain(session.judge(session.resolve_template("humpback"), session.choose_backend("server")))
+    workspace.limits = Limits(rows_per_day=40)
+    server = session.choose_backend("server")
+    assert server.server_pays
+    _drain(session.judge(session.resolve_template("humpback"), server))
+    assert fake_llm.requests == 30
+    session.load_sample()
+    with pytest.raises(LimitError, match="30 of 40 rows used"):
+        _drain(session.judge(session.resolve_template("additive"), server))
+    # the visitor's own endpoint is not the app's to count
+    _judge(session, fake_llm, template="additive")
+    assert fake_llm.requests == 60
+    gate = JobGate()
+    with gate.job("o", 1):
+        with pytest.raises(LimitError, match="already have 1 job"):
+            with gate.job("o", 1):
+                pass
+        with gate.job("someone else", 1):
+            assert gate.running("o") == 1
+    assert gate.running("o") == 0
+
+
+def test_hub_ids_are_checked_and_never_read_as_paths(workspace, tmp_path, monkeypatch):
+    session = _session(workspace)
+    for bad in ("/etc/passwd", "../../etc/passwd", "a/../../b", str(workspace.data_dir), "a/b/c", "..", "x/..",
+                "~/x", "C:\\x\\y"):
+        loaded = session.load_hub(bad)
+        assert not loaded.ok and "not a Hugging Face dataset id" in loaded.message, bad
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    write_jsonl(tmp_path / "owner" / "name" / "train.jsonl", [{"instruction": "local", "generation": "file"}])
+    monkeypatch.chdir(tmp_path)
+    loaded = session.load_hub("owner/name")  # a folder of that name next to the app is not the Hub
+    assert not loaded.ok and session.bench is None and "local" not in loaded.message
+
+
+def test_local_files_mode_is_confined_to_its_folder(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    write_jsonl(root / "ok.jsonl", [{"instruction": "q", "generation": "a"}])
+    outside = write_jsonl(tmp_path / "secret.jsonl", [{"instruction": "secret", "generation": "s"}])
+    (root / "link.jsonl").symlink_to(outside)
+    off = _session(Workspace(tmp_path / "d1", Limits()))
+    assert "off in this app" in off.load_local("ok.jsonl").message
+    session = _session(Workspace(tmp_path / "d2", Limits(), local_files_dir=root))
+    assert session.load_local("ok.jsonl").ok
+    for bad in ("../secret.jsonl", str(outside), "link.jsonl", "/etc/passwd"):
+        loaded = session.load_local(bad)
+        assert not loaded.ok and "secret" not in session.bench.frame.to_json(), bad
+
+
+def test_documents_to_candidates(workspace, fake_llm, tmp_path):
+    doc = tmp_path / "upload-123.md"
+    doc.write_text("# Tea\n" + "Green tea is brewed with water at about 80 degrees for two minutes. " * 5 + "\n"
+                   "# MENU\n" + "Home about contact shop. " * 12 + "\n")
+    session = _session(workspace)
+    updates = _drain(session.augment([(str(doc), "guide.md")], None, FilterSettings(100, 6000), _choice(fake_llm),
+                                     every_s=0))
+    assert len(session.bench) == 1 and "header caps 1" in updates[-1].message and "**Done:** 1 rows" in \
+        updates[-1].message
+    row = session.bench.frame.iloc[0]
+    assert row["instruction"] and row["source"] == "guide.md" and row["origin"] == "augmented"
+    _judge(session, fake_llm)
+    chat = json.loads(open(session.export("chat", 0).path).readline())
+    assert chat["messages"][0]["content"] == "Answer with knowledge from web search."
+
+
+def test_export_formats_count_and_name(workspace, fake_llm):
+    session = _session(workspace)
+    session.load_sample()
+    _judge(session, fake_llm)
+    kept = int((session.bench.frame["score"] >= 4).sum())
+    for fmt in ("jsonl", "chat", "csv", "parquet"):
+        exported = session.export(fmt, 4)
+        reader = {"parquet": pd.read_parquet, "csv": pd.read_csv}.get(fmt)
+        count = len(reader(exported.path)) if reader else len(open(exported.path).read().splitlines())
+        assert count == exported.rows == kept, fmt
+        assert f"**{kept}** of 30 pairs" in exported.message
+        assert os.path.basename(exported.path).startswith("sample_pairs-curated-") or \
+            os.path.basename(exported.path).startswith("the-bundled-sample-curated-")
+    chat = json.loads(open(session.export("chat", 4).path).readline())
+    assert chat["messages"][0] == {"role": "system", "content": "Answer in the style of an AI Assistant."}
+
+
+def test_backends_never_send_the_servers_key_to_a_url_a_visitor_typed(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-server-key-0123456789")
+    monkeypatch.setenv("BACKTRANS_MODEL", "m")
+    custom = backends.choose("custom", model="m", base_url="http://attacker.example/v1")
+    assert custom.settings.api_key != "sk-server-key-0123456789" and not custom.server_pays
+    with pytest.raises(backends.BackendError, match="Sign in"):
+        backends.choose("huggingface")
+    hf = backends.choose("huggingface", hf_token="hf_visitor_token_123")
+    assert hf.settings.api_key == "hf_visitor_token_123" and hf.settings.base_url == backends.HF_ROUTER_URL
+    monkeypatch.setenv("SPACE_ID", "someone/backtrans")
+    with pytest.raises(backends.BackendError, match="does not lend"):
+        backends.choose("server")
+    monkeypatch.setenv("BACKTRANS_SHARE_SERVER_KEY", "1")
+    assert backends.choose("server").server_pays
