@@ -2,6 +2,10 @@
 
 The openai SDK's own retries are switched off: we retry ourselves so that the concurrency slot is
 released while we back off, `Retry-After` is honoured, and every attempt is counted.
+
+Hedged requests ("The Tail at Scale", Dean and Barroso 2013): once a call has run past a high percentile
+of the latencies seen so far, one duplicate is sent and the first answer wins; the other is cancelled.
+Duplicates are capped at a share of all requests (5% by default), and counted in `hedges`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import random
 import re
 import time
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass, field
 
 import openai
@@ -31,6 +36,12 @@ class LLMSettings:
     timeout_s: float = 120.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    hedge: bool = True
+    hedge_quantile: float = 0.95  # a call this far into the latency distribution gets a duplicate
+    hedge_budget: float = 0.05  # at most this share of requests are duplicates
+    hedge_min_s: float = 0.05  # never hedge sooner: below this, a duplicate only adds load
+    # "aiohttp" (the SDK's aiohttp transport, when installed) or "httpx"; see docs/benchmarks.md
+    transport: str = field(default_factory=lambda: os.environ.get("BACKTRANS_HTTP", "aiohttp"))
 
     @classmethod
     def from_env(cls, **overrides: object) -> LLMSettings:
@@ -62,6 +73,7 @@ class Completion:
     attempts: int = 1
     logprobs: list[dict] | None = None
     model: str = ""
+    hedged: bool = False  # the duplicate answered first
 
 
 class LLMError(RuntimeError):
@@ -95,6 +107,38 @@ class _RateLimiter:
             await asyncio.sleep(delay)
 
 
+class _Hedger:
+    """When to send a duplicate, and whether the budget allows one.
+
+    The delay is the configured percentile of recent successful call latencies, and at least twice
+    the median: on a server with an even latency a call just past the percentile is not late, and a
+    duplicate would only add load.
+    """
+
+    MIN_SAMPLES = 20
+    RECOMPUTE_EVERY = 32
+
+    def __init__(self, settings: LLMSettings):
+        self.quantile = settings.hedge_quantile
+        self.budget = settings.hedge_budget
+        self.floor = settings.hedge_min_s
+        self.samples: deque[float] = deque(maxlen=2000)
+        self.fresh = 0
+        self.delay: float | None = None
+
+    def observe(self, latency: float) -> None:
+        self.samples.append(latency)
+        self.fresh += 1
+        if self.fresh >= self.RECOMPUTE_EVERY or (self.delay is None and len(self.samples) >= self.MIN_SAMPLES):
+            self.fresh = 0
+            ordered = sorted(self.samples)
+            high = ordered[min(len(ordered) - 1, int(self.quantile * len(ordered)))]
+            self.delay = max(self.floor, high, 2.0 * ordered[len(ordered) // 2])
+
+    def allow(self, primaries: int, hedges: int) -> bool:
+        return hedges + 1 <= self.budget * primaries
+
+
 class LLMClient:
     def __init__(self, settings: LLMSettings):
         self.settings = settings
@@ -104,13 +148,68 @@ class LLMClient:
             api_key=settings.api_key or "no-key",
             max_retries=0,
             timeout=settings.timeout_s,
+            http_client=_http_client(settings),
         )
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.limiter = _RateLimiter(settings.requests_per_minute) if settings.requests_per_minute else None
+        self.hedger = _Hedger(settings) if settings.hedge and settings.hedge_budget > 0 else None
         self.retries = 0
+        self.requests = 0  # every HTTP request sent, duplicates included
+        self.hedges = 0  # duplicates sent
+        self.hedge_wins = 0  # duplicates that answered first
+
+    def stats(self) -> dict:
+        """The run's request counts, for its summary: what hedging cost and what it won."""
+        primaries = self.requests - self.hedges
+        return {"requests": self.requests, "retries": self.retries, "hedges": self.hedges,
+                "hedge_wins": self.hedge_wins, "hedge_share": self.hedges / primaries if primaries else 0.0}
+
+    def describe(self) -> str:
+        stats = self.stats()
+        line = f"retries {stats['retries']}; requests {stats['requests']}"
+        if self.hedger is not None:
+            line += (f"; hedges {stats['hedges']} ({stats['hedge_share']:.1%} extra load, "
+                     f"{stats['hedge_wins']} answered first)")
+        return line
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def _post(self, request: dict) -> dict:
+        # The client's plain POST: same auth, base URL, timeouts and error types as
+        # `chat.completions.create`, without its typed request transform and response
+        # models, which cost more CPU than the rest of a call (see docs/benchmarks.md).
+        return await self.client.post("/chat/completions", body=request, cast_to=dict)
+
+    async def _send(self, request: dict, started: float) -> tuple[dict, bool]:
+        """One attempt: the request, and past the hedge delay one duplicate; the first answer wins."""
+        self.requests += 1
+        hedger = self.hedger
+        delay = hedger.delay if hedger is not None else None
+        if delay is None:
+            response = await self._post(request)
+            return response, False
+        primary = asyncio.ensure_future(self._post(request))
+        racers = [primary]
+        try:
+            done, _ = await asyncio.wait(racers, timeout=delay)
+            if not done and hedger.allow(self.requests - self.hedges, self.hedges):
+                self.requests += 1
+                self.hedges += 1
+                racers.append(asyncio.ensure_future(self._post(request)))
+            # An error is an answer too: a 429 on the duplicate ends a hung primary, and the retry
+            # loop decides what comes next.
+            done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+            winner = next((r for r in racers if r in done and r.exception() is None), next(iter(done)))
+            hedged = winner is not primary
+            self.hedge_wins += hedged
+            return winner.result(), hedged
+        finally:
+            for racer in racers:
+                if not racer.done():
+                    racer.cancel()
+                elif not racer.cancelled():
+                    racer.exception()  # retrieved, so a lost racer's error is not logged as unhandled
 
     async def chat(
         self,
@@ -145,19 +244,20 @@ class LLMClient:
                     await self.limiter.wait()
                 async with self.semaphore:
                     started = time.perf_counter()
-                    # The client's plain POST: same auth, base URL, timeouts and error types as
-                    # `chat.completions.create`, without its typed request transform and response
-                    # models, which cost more CPU than the rest of a call (see docs/benchmarks.md).
-                    response = await self.client.post("/chat/completions", body=request, cast_to=dict)
+                    response, hedged = await self._send(request, started)
                     latency = time.perf_counter() - started
-                return self._completion(response, prefill, latency, attempt)
+                completion = self._completion(response, prefill, latency, attempt)
+                completion.hedged = hedged
+                if self.hedger is not None:
+                    self.hedger.observe(latency)
+                return completion
             except openai.APIStatusError as exc:
                 if exc.status_code not in RETRYABLE_STATUS or attempt > self.settings.max_retries:
                     raise self._failure(f"HTTP {exc.status_code}: {exc.message}", attempt) from None
                 wait_s = _retry_after(exc.response)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 if attempt > self.settings.max_retries:
-                    kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
+                    kind = "timeout" if _timed_out(exc) else "connection error"
                     raise self._failure(f"{kind} after {attempt} attempts: {exc}", attempt) from None
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise self._failure(f"malformed response: {exc}", attempt) from None
@@ -204,6 +304,35 @@ class LLMClient:
             logprobs=tokens,
             model=self.settings.model or str(response.get("model") or ""),
         )
+
+
+def _http_client(settings: LLMSettings):
+    """The HTTP transport under the SDK. Its own httpx pool keeps only 100 idle connections and walks
+    all of them for every request; aiohttp's pool costs far less CPU at high concurrency."""
+    import httpx2
+
+    keep = max(100, settings.concurrency * 2)  # hedges and cancelled racers need connections too
+    limits = httpx2.Limits(max_connections=max(1000, keep), max_keepalive_connections=keep)
+    if settings.transport == "aiohttp":
+        try:
+            from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient  # noqa: F401  (needs openai[aiohttp])
+        except ImportError:
+            pass
+        else:
+            return openai.DefaultAioHttpClient(timeout=settings.timeout_s, limits=limits)
+    return openai.DefaultAsyncHttpxClient(timeout=settings.timeout_s, limits=limits)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A timeout, not a refused or reset connection (the aiohttp transport reports both as timeouts)."""
+    if not isinstance(exc, openai.APITimeoutError):
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or type(seen).__name__ == "ClientConnectorError":
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 def _retry_after(response) -> float | None:

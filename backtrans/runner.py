@@ -1,21 +1,25 @@
 """Runs one kind of LLM task over a stream of rows: cached, concurrent, in order, resumable.
 
-Rows flow through a bounded window of in-flight tasks, so memory stays flat however long the input
-is and the model is kept busy without waiting for a whole batch to finish (distilabel's batches wait
-for their slowest call). Results come back in input order, each already committed to the store.
+Rows are requested as fast as free slots allow, whatever order they finish in: a slow, hanging or
+retrying row never holds back the rows behind it. Each result is committed to the store when it
+arrives (several rows per transaction, a few milliseconds apart) and counted in `Progress` only once
+committed, so a `kill -9` loses nothing that was counted. The output comes back in input order from a
+reorder buffer: rows that finished behind a slow head are kept as store keys, not as rows, when the
+input can be read a second time (a file, a list), so memory stays flat however long the head takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from backtrans.llm import Completion, LLMClient, LLMError, LLMSettings
-from backtrans.store import RunStore
+from backtrans.store import CACHEABLE, RunStore
 from backtrans.templates import Template
 
 
@@ -39,8 +43,18 @@ class Task(Protocol):
     def failure(self, row: dict, error: str) -> dict: ...
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 @dataclass
 class Progress:
+    """Counted as rows finish (committed to the store), in completion order, not output order."""
+
     total: int | None = None
     done: int = 0
     cached: int = 0
@@ -49,7 +63,9 @@ class Progress:
     llm_error: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hedged: int = 0  # rows whose duplicate request answered first
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # set by the runner when the last row is out
 
     def count(self, result: dict, cached: bool, completion: Completion | None) -> None:
         self.done += 1
@@ -59,20 +75,99 @@ class Progress:
         if completion is not None:
             self.prompt_tokens += completion.prompt_tokens
             self.completion_tokens += completion.completion_tokens
+            self.hedged += completion.hedged
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Rows per second so far."""
+        elapsed = self.elapsed
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None while unknown (no total, or nothing finished yet)."""
+        if self.total is None or not self.done:
+            return None
+        return max(0, self.total - self.done) / self.rate if self.rate else None
+
+    def line(self) -> str:
+        """One line for a progress display: done, statuses, tokens, rate and ETA."""
+        of = f"/{self.total}" if self.total is not None else ""
+        eta = self.eta_s
+        tail = f", ETA {_duration(eta)}" if eta is not None and self.done < (self.total or 0) else ""
+        return (f"{self.done}{of} rows: {self.ok} ok, {self.parse_error} parse_error, {self.llm_error} llm_error; "
+                f"{self.tokens:,} tokens; {self.rate:.1f} rows/s{tail}")
+
     def summary(self) -> str:
-        elapsed = time.monotonic() - self.started
         return (
-            f"{self.done} rows in {elapsed:.1f}s: {self.ok} ok, {self.parse_error} parse_error, "
-            f"{self.llm_error} llm_error; {self.cached} from the store; {self.tokens:,} tokens"
+            f"{self.done} rows in {self.elapsed:.1f}s: {self.ok} ok, {self.parse_error} parse_error, "
+            f"{self.llm_error} llm_error; {self.cached} from the store; {self.tokens:,} tokens; "
+            f"{self.rate:.1f} rows/s"
         )
 
+    def done_line(self) -> str:
+        """The final line: "Done: N rows in T (R rows/s): ..."."""
+        return (f"Done: {self.done} rows in {_duration(self.elapsed)} ({self.rate:.1f} rows/s): {self.ok} ok, "
+                f"{self.parse_error} parse_error, {self.llm_error} llm_error; {self.cached} from the store; "
+                f"{self.tokens:,} tokens")
 
-async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, row: dict):
+
+class _GroupCommit:
+    """Results that arrive within a few milliseconds of each other share one SQLite transaction.
+
+    Each caller waits until its own row is committed: a row is finished only once it is on disk.
+    """
+
+    def __init__(self, store: RunStore, run_id: str, interval_s: float = 0.004, max_rows: int = 512):
+        self.store = store
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.max_rows = max_rows
+        self.items: list[tuple[str, dict, dict | None]] = []
+        self.waiters: list[asyncio.Future] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def record(self, key: str, result: dict, call: dict | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self.items.append((key, result, call))
+        self.waiters.append(waiter)
+        if len(self.items) >= self.max_rows:
+            self.flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.interval_s, self.flush)
+        await waiter
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        items, waiters = self.items, self.waiters
+        self.items, self.waiters = [], []
+        if not items:
+            return
+        try:
+            self.store.record_many(self.run_id, items)
+        except Exception as exc:  # every row of the group failed to commit: each caller sees why
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, row: dict,
+                   commit: _GroupCommit | None = None):
     given = task.skip(row)
     if given is not None:
         return given, True, None
@@ -95,7 +190,10 @@ async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, 
     except LLMError as exc:
         result = task.failure(row, str(exc))
         call = {"model": client.settings.model, "attempts": exc.attempts}
-    store.record(run_id, key, result, call)
+    if commit is not None:
+        await commit.record(key, result, call)
+    else:
+        store.record(run_id, key, result, call)
     return result, False, completion
 
 
@@ -122,30 +220,101 @@ async def run_rows(
     run_id: str,
     progress: Progress | None = None,
     window: int | None = None,
-) -> AsyncIterator[tuple[dict, dict]]:
-    """Yields (row, result) in input order. Cancelling the consumer cancels what is in flight."""
+    *,
+    replay: Callable[[], Iterator[dict]] | None = None,
+    ticks: bool = False,
+    group_commit: bool = True,
+) -> AsyncIterator[tuple[dict | None, dict | None]]:
+    """Yields (row, result) in input order; cancelling the consumer cancels what is in flight.
+
+    `window`: rows in flight at once (default: 4 x the client's concurrency, at least 32); finished rows
+    waiting behind a slow one do not count, so they never hold back new requests.
+    `replay`: a second, identical pass over the input (a list or a file is read again). With it, rows
+    that wait behind a slow head are kept as store keys only, and read again when their turn comes.
+    `ticks`: also yield (None, None) when rows finished but the next one in order has not, so that a
+    display can show progress that is counted in completion order.
+    """
     progress = progress or Progress()
     window = window or max(32, client.settings.concurrency * 4)
-    pending: deque[tuple[dict, asyncio.Task]] = deque()
+    listed = rows if isinstance(rows, Sequence) else None
+    replayed: Iterator[dict] | None = None  # started only once a row is first held as a key
+    # Kept whole up to this many waiting rows; past it, only a key (or a small failure) per row.
+    hold_rows = window * 4
+    commit = _GroupCommit(store, run_id) if group_commit else None
+    source = iter(rows)
+    running: dict[asyncio.Future, tuple[int, dict]] = {}
+    finished: deque[asyncio.Future] = deque()
+    wake = asyncio.Event()
+    waiting: dict[int, tuple[dict | None, dict | str]] = {}  # index -> (row, result) | (None, key | result)
+    next_in = next_out = 0
+    exhausted = False
+
+    def on_done(future: asyncio.Future) -> None:
+        finished.append(future)
+        wake.set()
+
+    def out_row(index: int, row: dict | None) -> dict:
+        if listed is not None:
+            return listed[index]
+        if replayed is not None:
+            again = next(replayed)  # in step with the output from the moment it started
+            return row if row is not None else again
+        return row
+
     try:
-        for row in rows:
-            pending.append((row, asyncio.ensure_future(_process(task, client, store, run_id, row))))
-            # A finished head frees its slot at once; otherwise wait only when the window is full.
-            while pending and (pending[0][1].done() or len(pending) >= window):
-                head_row, head = pending.popleft()
-                result, cached, completion = await head
+        while True:
+            while not exhausted and len(running) < window:
+                try:
+                    row = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                future = asyncio.ensure_future(_process(task, client, store, run_id, row, commit))
+                future.add_done_callback(on_done)
+                running[future] = (next_in, row)
+                next_in += 1
+            if not running and not finished:
+                break
+            if not finished:
+                wake.clear()
+                await wake.wait()
+            completed, emitted = 0, False
+            while finished:
+                future = finished.popleft()
+                index, row = running.pop(future)
+                result, cached, completion = future.result()
                 progress.count(result, cached, completion)
-                yield head_row, result
-            if len(pending) and not pending[-1][1].done():
-                await asyncio.sleep(0)  # let a cache hit or a fast reply resolve before reading on
-        while pending:
-            head_row, head = pending.popleft()
-            result, cached, completion = await head
-            progress.count(result, cached, completion)
-            yield head_row, result
+                completed += 1
+                if index == next_out:
+                    next_out += 1
+                    emitted = True
+                    yield out_row(index, row), result
+                    continue
+                if len(waiting) < hold_rows or (listed is None and replay is None):
+                    waiting[index] = (row, result)
+                    continue
+                if replayed is None and listed is None:
+                    replayed = itertools.islice(replay(), next_out, None)
+                if result.get("status") in CACHEABLE and not cached:
+                    waiting[index] = (None, task.key(row))
+                else:
+                    waiting[index] = (None, result)
+            while next_out in waiting:
+                row, result = waiting.pop(next_out)
+                row = out_row(next_out, row)
+                if isinstance(result, str):
+                    result = store.get(result) or task.failure(row, "the finished result left the store")
+                next_out += 1
+                emitted = True
+                yield row, result
+            if ticks and completed and not emitted:
+                yield None, None
+        progress.finished = time.monotonic()
     finally:
-        for _, pending_task in pending:
-            pending_task.cancel()
+        for future in running:
+            future.cancel()
+        if commit is not None:
+            commit.flush()
 
 
 @dataclass
@@ -215,7 +384,15 @@ class FileJob:
             async def drive() -> None:
                 with RowWriter(self.output, self.output_format) as writer:
                     try:
-                        async for row, result in run_rows(self.rows(), self.task, client, store, run_id, progress):
+                        # A file is read a second time, in step with the output, so that rows waiting
+                        # behind a slow one are held as keys; rows from elsewhere are held whole.
+                        replay = self.rows if self.row_source is None else None
+                        async for row, result in run_rows(self.rows(), self.task, client, store, run_id, progress,
+                                                          replay=replay, ticks=True):
+                            if row is None:
+                                if on_progress:
+                                    on_progress(progress)
+                                continue
                             if earlier:
                                 row = {(f"{k}_r{earlier}" if k in self.task.output_columns else k): v
                                        for k, v in row.items()}
@@ -239,10 +416,14 @@ def merge(row: dict, result: dict, columns: tuple[str, ...]) -> dict:
 
 
 async def stream_results(
-    rows: list[dict], task: Task, store_path: str, run_config: dict, owner: str = ""
-) -> AsyncIterator[tuple[int, dict, Progress]]:
-    """For interactive faces: (row index, result, progress) as each row finishes, in order.
+    rows: list[dict], task: Task, store_path: str, run_config: dict, owner: str = "", *,
+    ticks: bool = True, tick_every_s: float = 0.1,
+) -> AsyncIterator[tuple[int | None, dict | None, Progress]]:
+    """For interactive faces: (row index, result, progress) in input order, as rows finish.
 
+    Progress counts rows as they complete, in any order. While the next row in order is still out
+    (a slow or retrying call), finished rows behind it show up as (None, None, progress) ticks, at most
+    one per `tick_every_s`, so a display keeps moving; `ticks=False` leaves them out.
     Closing the generator (a Stop button, a closed tab) cancels what is in flight; finished rows are
     already in the store, so starting again picks up where it stopped.
     """
@@ -251,8 +432,14 @@ async def stream_results(
     progress = Progress(total=len(rows))
     run_id = store.find_run(task.kind, run_config, owner) or store.start_run(task.kind, run_config, owner=owner)
     try:
-        index = 0
-        async for _, result in run_rows(rows, task, client, store, run_id, progress):
+        index, last_tick = 0, 0.0
+        async for row, result in run_rows(rows, task, client, store, run_id, progress, ticks=ticks):
+            if row is None:
+                now = time.monotonic()
+                if now - last_tick >= tick_every_s:
+                    last_tick = now
+                    yield None, None, progress
+                continue
             yield index, result, progress
             index += 1
         store.finish_run(run_id)

@@ -7,6 +7,11 @@ the prompt, so runs are reproducible:
 - a prompt that is not a judge prompt (no "Score") gets a response text;
 - with `logprobs`, the score digit carries top_logprobs peaked at the score.
 Faults (429 with Retry-After, 500, hangs, garbage text) are drawn per request from a seeded RNG.
+A latency tail: `tail_rate` of the requests take `tail_s` longer (a heavy tail as real providers have).
+A prompt containing `[[hang=S]]` is answered only after S seconds, every time it is asked.
+The OpenAI Batch API: POST /v1/files (multipart upload), GET /v1/files/ID/content, POST /v1/batches,
+GET /v1/batches/ID; a batch's requests go through the same chat logic (faults included) after
+`batch_delay_s`, and failed ones land in its error file.
 Statistics, including how often each prompt was asked, are at GET /_stats; POST /_config changes
 settings at run time.
 
@@ -28,6 +33,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass
 
 _MARKER = re.compile(r"\[\[score=(\d+)\]\]")
+_HANG = re.compile(r"\[\[hang=([\d.]+)\]\]")
 
 
 @dataclass
@@ -41,6 +47,9 @@ class FakeConfig:
     hang_s: float = 30.0
     seed: int = 0
     logprobs: bool = True  # answer logprob requests (llama.cpp and OpenAI do; some servers don't)
+    tail_rate: float = 0.0  # this share of requests ...
+    tail_s: float = 0.0  # ... take this much longer
+    batch_delay_s: float = 0.2  # a batch stays `in_progress` at least this long
 
 
 def judge_score(prompt: str) -> int:
@@ -61,6 +70,9 @@ class FakeLLM:
         self.prompts: Counter = Counter()
         self.api_keys: Counter = Counter()
         self.recent_prompts: deque[str] = deque(maxlen=1000)
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_requests = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -111,6 +123,8 @@ class FakeLLM:
             "unique_prompts": len(self.prompts),
             "repeated_prompts": sum(n - 1 for n in self.prompts.values() if n > 1),
             "api_keys": dict(self.api_keys),
+            "batch_requests": self.batch_requests,
+            "batches": len(self.batches),
         }
 
     def reset(self) -> None:
@@ -119,6 +133,7 @@ class FakeLLM:
         self.prompts.clear()
         self.api_keys.clear()
         self.recent_prompts.clear()
+        self.batch_requests = 0
 
     # --- HTTP ------------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -165,10 +180,12 @@ class FakeLLM:
             return 200, asdict(self.config), {}
         if path == "/v1/chat/completions" and method == "POST":
             return await self._chat(json.loads(body), headers)
+        if path.startswith("/v1/files") or path.startswith("/v1/batches"):
+            return self._batch_api(method, path, headers, body)
         return 404, {"error": {"message": f"no route {path}"}}, {}
 
-    async def _chat(self, request: dict, headers: dict):
-        cfg = self.config
+    async def _chat(self, request: dict, headers: dict, cfg: FakeConfig | None = None):
+        cfg = cfg or self.config
         self.requests += 1
         auth = headers.get("authorization", "")
         self.api_keys[auth.removeprefix("Bearer ")] += 1
@@ -178,8 +195,14 @@ class FakeLLM:
         self.prompts[hashlib.sha256(prompt.encode()).hexdigest()] += 1
         self.recent_prompts.append(prompt)
         draw = self.rng.random()
-        if cfg.latency_s:
-            await asyncio.sleep(cfg.latency_s)
+        delay = cfg.latency_s
+        if cfg.tail_rate and self.rng.random() < cfg.tail_rate:
+            delay += cfg.tail_s
+        hang = _HANG.search(prompt)
+        if hang:
+            delay += float(hang.group(1))
+        if delay:
+            await asyncio.sleep(delay)
         for rate, status in ((cfg.rate_429, 429), (cfg.rate_500, 500)):
             if draw < rate:
                 self.statuses[status] += 1
@@ -224,6 +247,72 @@ class FakeLLM:
             },
         }
 
+    # --- the Batch API ----------------------------------------------------------------------------
+    def _batch_api(self, method: str, path: str, headers: dict, body: bytes):
+        parts = path.strip("/").split("/")  # v1, files|batches, [id], [content|cancel]
+        if parts[1] == "files" and method == "POST" and len(parts) == 2:
+            fields = _multipart(headers.get("content-type", ""), body)
+            content = fields.get("file", b"")
+            file_id = f"file-{len(self.files) + 1:06d}"
+            self.files[file_id] = {"content": content, "purpose": fields.get("purpose", b"").decode()}
+            return 200, self._file_object(file_id), {}
+        if parts[1] == "files" and len(parts) >= 3 and parts[2] in self.files:
+            if len(parts) == 4 and parts[3] == "content":
+                return 200, self.files[parts[2]]["content"], {}
+            return 200, self._file_object(parts[2]), {}
+        if parts[1] == "batches" and method == "POST" and len(parts) == 2:
+            request = json.loads(body)
+            source = self.files.get(request.get("input_file_id", ""))
+            if source is None:
+                return 404, {"error": {"message": "no such input file"}}, {}
+            batch_id = f"batch-{len(self.batches) + 1:06d}"
+            batch = {
+                "id": batch_id, "object": "batch", "endpoint": request.get("endpoint"),
+                "input_file_id": request["input_file_id"], "completion_window": request.get("completion_window"),
+                "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+                "error_file_id": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            }
+            self.batches[batch_id] = batch
+            asyncio.ensure_future(self._run_batch(batch, source["content"]))
+            return 200, batch, {}
+        if parts[1] == "batches" and len(parts) >= 3 and parts[2] in self.batches:
+            return 200, self.batches[parts[2]], {}
+        return 404, {"error": {"message": f"no route {path}"}}, {}
+
+    def _file_object(self, file_id: str) -> dict:
+        entry = self.files[file_id]
+        return {"id": file_id, "object": "file", "bytes": len(entry["content"]), "created_at": int(time.time()),
+                "filename": f"{file_id}.jsonl", "purpose": entry["purpose"] or "batch", "status": "processed"}
+
+    async def _run_batch(self, batch: dict, content: bytes) -> None:
+        lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        batch["request_counts"]["total"] = len(lines)
+        batch["status"] = "in_progress"
+        await asyncio.sleep(self.config.batch_delay_s)
+        outputs, errors = [], []
+        for number, line in enumerate(lines):
+            self.batch_requests += 1
+            # A batch has no latency of its own per request, but the same faults otherwise.
+            quick = FakeConfig(**{**asdict(self.config), "latency_s": 0.0, "rate_hang": 0.0, "tail_rate": 0.0})
+            status, payload, _ = await self._chat(line["body"], {}, quick)
+            record = {"id": f"batch_req_{number}", "custom_id": line["custom_id"]}
+            if status == 200:
+                outputs.append({**record, "response": {"status_code": 200, "request_id": f"req_{number}",
+                                                       "body": payload}, "error": None})
+                batch["request_counts"]["completed"] += 1
+            else:
+                errors.append({**record, "response": {"status_code": status, "request_id": f"req_{number}",
+                                                      "body": payload}, "error": None})
+                batch["request_counts"]["failed"] += 1
+        for kind, records in (("output_file_id", outputs), ("error_file_id", errors)):
+            if records:
+                file_id = f"file-{len(self.files) + 1:06d}"
+                self.files[file_id] = {"content": "".join(json.dumps(r) + "\n" for r in records).encode(),
+                                       "purpose": "batch_output"}
+                batch[kind] = file_id
+        batch["status"] = "completed"
+        batch["completed_at"] = int(time.time())
+
     @staticmethod
     def _logprob(token: str, score: int) -> dict:
         if token.strip().isdigit():
@@ -235,6 +324,18 @@ class FakeLLM:
             return {"token": token, "logprob": math.log(weights[int(token.strip())] / total), "bytes": None,
                     "top_logprobs": top}
         return {"token": token, "logprob": -0.01, "bytes": None, "top_logprobs": []}
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
+    """Just enough multipart/form-data for the SDK's file upload: field name -> raw value."""
+    boundary = content_type.split("boundary=", 1)[-1].strip('"').encode()
+    fields = {}
+    for part in body.split(b"--" + boundary):
+        head, _, value = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]+)"', head)
+        if name:
+            fields[name.group(1).decode()] = value.removesuffix(b"\r\n")
+    return fields
 
 
 def main() -> None:

@@ -54,3 +54,130 @@ def test_faults_end_as_statuses_with_errors_kept(fake_llm, tmp_path):
     for _, result in pairs:
         if result["status"] == "parse_error":
             assert result["raw_output"] and result["error"]
+
+
+# --- completion order, the reorder buffer, group commits, hedging -------------------------------------------
+
+
+def _judge(fake, concurrency=8, **settings):
+    settings = LLMSettings(base_url=fake.url, model="fake", concurrency=concurrency, backoff_base_s=0.01,
+                           backoff_max_s=0.2, **settings)
+    return JudgeTask(load_template("humpback"), settings)
+
+
+def _drive(task, rows, store, *, window=None, replay=None, ticks=True, on_yield=None):
+    """(output pairs, ticks seen, progress, client stats) of one run_rows pass."""
+    progress = Progress(total=len(rows) if hasattr(rows, "__len__") else None)
+
+    async def go():
+        client = LLMClient(task.settings)
+        run_id = store.start_run("judge", {})
+        out, seen_ticks = [], []
+        try:
+            async for row, result in run_rows(rows, task, client, store, run_id, progress, window,
+                                              replay=replay, ticks=ticks):
+                if on_yield:
+                    on_yield(row, result, progress)
+                if row is None:
+                    seen_ticks.append(progress.done)
+                else:
+                    out.append((row, result))
+            return out, seen_ticks, client.stats()
+        finally:
+            await client.close()
+
+    out, seen_ticks, stats = asyncio.run(go())
+    return out, seen_ticks, progress, stats
+
+
+def test_a_slow_head_row_holds_back_nothing(fake_llm, tmp_path):
+    """Head-of-line blocking: the first row takes 3 s, every other row is requested and finished meanwhile."""
+    fake_llm.config.latency_s = 0.01
+    rows = [{"instruction": f"q{i} [[score={i % 5 + 1}]]" + (" [[hang=3]]" if i == 0 else ""), "generation": "a"}
+            for i in range(300)]
+    done_when_head_came_out = []
+
+    def on_yield(row, result, progress):
+        if row is not None and row is rows[0]:
+            done_when_head_came_out.append(progress.done)
+
+    task = _judge(fake_llm, concurrency=8, hedge=False)
+    out, seen_ticks, progress, _ = _drive(task, rows, RunStore(tmp_path / "s.sqlite"), window=16, on_yield=on_yield)
+    assert [row["instruction"] for row, _ in out] == [r["instruction"] for r in rows]
+    assert [result["score"] for _, result in out] == [i % 5 + 1 for i in range(300)]
+    # With a window of 16 rows in flight, the old runner stopped at row 16 until the head returned.
+    assert done_when_head_came_out == [300]
+    assert seen_ticks and max(seen_ticks) == 299  # progress moved, in completion order, while the head was out
+    assert progress.done == progress.ok == 300 and progress.rate > 0 and progress.eta_s == 0
+
+
+def test_rows_waiting_behind_the_head_are_read_back_from_the_store(fake_llm, tmp_path):
+    """Past the in-memory hold (4 x window), waiting rows are kept as keys and the file is read a second time."""
+    rows = [{"instruction": f"k{i} [[score={i % 5 + 1}]]" + (" [[hang=2]]" if i == 0 else ""), "generation": "a"}
+            for i in range(200)]
+    read = []
+
+    def source():
+        for row in rows:
+            read.append(row["instruction"])
+            yield dict(row)  # a fresh dict, as a file reader gives
+
+    task = _judge(fake_llm, concurrency=4, hedge=False)
+    out, _, progress, _ = _drive(task, source(), RunStore(tmp_path / "s.sqlite"), window=4, replay=source)
+    assert [row["instruction"] for row, _ in out] == [r["instruction"] for r in rows]
+    assert [result["score"] for _, result in out] == [i % 5 + 1 for i in range(200)]
+    assert all(result["status"] == "ok" for _, result in out)
+    assert len(read) == 400  # both passes, each once over the whole input
+    assert progress.done == 200
+
+
+def test_a_row_counts_as_done_only_once_committed(fake_llm, tmp_path):
+    import sqlite3
+
+    fake_llm.config.latency_s = 0.005
+    fake_llm.config.rate_garbage = 0.2
+    rows = [{"instruction": f"c{i}", "generation": "a"} for i in range(400)]
+    path = tmp_path / "s.sqlite"
+    behind = []
+
+    def on_yield(row, result, progress):
+        with sqlite3.connect(path) as db:  # another connection sees only what is committed
+            committed = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        behind.append(progress.ok + progress.parse_error - committed)
+
+    out, _, progress, _ = _drive(_judge(fake_llm, concurrency=32), rows, RunStore(path), on_yield=on_yield)
+    assert len(out) == 400 and progress.parse_error > 0
+    assert max(behind) <= 0  # never a counted row that is not on disk
+
+
+def test_progress_line_and_done_line():
+    progress = Progress(total=10)
+    for status in ("ok",) * 6 + ("parse_error", "llm_error"):
+        progress.count({"status": status}, False, None)
+    line = progress.line()
+    assert line.startswith("8/10 rows: 6 ok, 1 parse_error, 1 llm_error;") and "rows/s" in line and "ETA" in line
+    assert progress.eta_s is not None and progress.eta_s > 0
+    assert progress.done_line().startswith("Done: 8 rows in ")
+
+
+def test_hedging_cuts_the_latency_tail(fake_llm, tmp_path):
+    """2% of requests take 3 s longer; a duplicate past the 95th percentile answers in time for most of them."""
+    fake_llm.config.latency_s = 0.02
+    fake_llm.config.tail_rate = 0.02
+    fake_llm.config.tail_s = 3.0
+    rows = [{"instruction": f"h{i}", "generation": "a"} for i in range(400)]
+    figures = {}
+    for hedge in (False, True):
+        fake_llm.reset()
+        store = RunStore(tmp_path / f"{hedge}.sqlite")
+        out, _, progress, stats = _drive(_judge(fake_llm, concurrency=16, hedge=hedge), rows, store)
+        latencies = sorted(r[0] for r in store.db.execute("SELECT latency_s FROM calls"))
+        figures[hedge] = (latencies[int(0.99 * len(latencies))], stats, progress, fake_llm.requests)
+        assert len(out) == 400 and progress.ok == 400
+    p99_plain, plain, _, _ = figures[False]
+    p99_hedged, hedged, progress, requests = figures[True]
+    assert plain["hedges"] == 0 and p99_plain >= 3.0
+    assert 0 < hedged["hedges"] <= 0.05 * (hedged["requests"] - hedged["hedges"])  # the 5% cap
+    assert requests == hedged["requests"] == 400 + hedged["hedges"]  # the server saw each duplicate
+    assert hedged["hedge_wins"] > 0 and progress.hedged == hedged["hedge_wins"]
+    assert p99_hedged < 1.5
