@@ -65,7 +65,7 @@ def check_hub_id(text: str) -> str:
     """A Hub dataset id (OWNER/NAME), or OwnershipError. Never a path: no leading /, no `..`, one separator."""
     dataset_id = (text or "").strip()
     if not HUB_ID.match(dataset_id) or ".." in dataset_id or "--" in dataset_id:
-        raise OwnershipError(f"{dataset_id[:100]!r} is not a Hugging Face dataset id: use OWNER/NAME")
+        raise OwnershipError("that is not a Hugging Face dataset id: use OWNER/NAME")
     return dataset_id
 
 
@@ -74,9 +74,9 @@ def confined_path(root: str | Path, relative: str) -> Path:
     base = Path(root).resolve()
     candidate = (base / (relative or "").strip()).resolve()
     if candidate != base and base not in candidate.parents:
-        raise OwnershipError(f"{relative[:100]!r} is outside the local data folder")
+        raise OwnershipError("that file is outside the local data folder")
     if not candidate.is_file():
-        raise OwnershipError(f"{relative[:100]!r}: no such file in the local data folder")
+        raise OwnershipError("no such file in the local data folder")
     return candidate
 
 

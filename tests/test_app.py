@@ -1,202 +1,249 @@
-"""The Gradio face: its callbacks in-process, and its named endpoints through gradio_client."""
+"""The Gradio face as strangers reach it: every named endpoint through gradio_client, an attacker who probes
+them with other owners' run ids and server paths, and sign-in with Gradio's mocked Hugging Face OAuth."""
 
-import asyncio
+import http.server
 import json
 import os
-import subprocess
-import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import app
-from backtrans import local
 from backtrans.curate import STATUSES
-from tests.conftest import ROOT, write_jsonl
+from tests.conftest import AppServer, write_jsonl
 
-FILTERS = (0, 10, list(STATUSES), "", "input order")
+pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(autouse=True)
-def _isolated_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "STORE_PATH", str(tmp_path / "runs.sqlite"))
-    monkeypatch.setattr(app, "DATA_DIR", tmp_path)
-
-
-def _drain(generator):
-    async def go():
-        return [item async for item in generator]
-
-    return asyncio.run(go())
+JUDGE = {"template_name": "humpback", "custom_text": "", "backend": "server", "model": "m", "base_url": "",
+         "api_key": "", "concurrency": 8, "threshold": 4, "min_score": 1, "max_score": 5,
+         "statuses": list(STATUSES), "text": "", "sort": "input order"}
+SECRET_TEXT = "ALICE-PRIVATE-ROW"
 
 
-def _judged(fake_llm, bench, template="humpback", api_key="", concurrency=8):
-    return _drain(app.judge(bench, template, "", "fake", fake_llm.url, api_key, concurrency, 4, *FILTERS))
+def client_for(url: str, **kwargs):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, **kwargs)
 
 
-def test_bad_upload_shows_the_location_in_the_page(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "q", "generation": "a"}\n{"instruction": 1,\n')
-    bench, preview, message = app.load_data(str(bad), None, None)
-    assert bench is None and preview.empty
-    assert "bad.jsonl:2:" in message and "invalid JSON" in message
+def upload(client, path: Path) -> tuple:
+    """The way a file reaches the app: an upload, then a load with the guessed mapping."""
+    from gradio_client import handle_file
+
+    client.predict(file=handle_file(str(path)), api_name="/inspect_upload")
+    return client.predict(instruction_column="instruction", generation_column="generation", api_name="/load_upload")
 
 
-def test_upload_guesses_the_mapping_and_the_user_can_change_it(tmp_path):
-    src = write_jsonl(tmp_path / "odd.jsonl", [{"ask": "q1", "reply": "a1", "alt": "b1"}])
-    instruction, generation, head, kept = app.inspect_upload(str(src))
-    assert instruction["choices"] == ["ask", "reply", "alt"] and instruction["value"] is None
-    assert kept != str(src) and os.path.exists(kept)  # a copy the store can find again
-    bench, _, message = app.load_data(kept, "ask", "alt")
-    assert bench.frame.iloc[0]["instruction"] == "q1" and bench.frame.iloc[0]["generation"] == "b1"
-    bench, _, message = app.load_data(kept, None, None)
-    assert bench is None and "missing column 'instruction'" in message
-
-
-def test_sample_is_scored_with_score_and_reason_beside_each_pair(fake_llm):
-    source, bench, preview, message = app.load_sample()
-    assert len(bench) == 30 and "Loaded **30**" in message
-    updates = _judged(fake_llm, bench)
-    table, page_info, plot, summary, status = updates[-1]
-    assert list(table.columns[:6]) == ["row", "score", "expected_score", "reason", "instruction", "generation"]
-    assert table["score"].notna().all() and table["reason"].str.len().gt(0).all()
-    assert "30/30 rows" in status and fake_llm.requests == 30
-    assert int(plot["pairs"].sum()) == 30
-    kept = int((bench.frame["score"] >= 4).sum())
-    assert f"kept (score ≥4): **{kept}**" in summary
-
-
-def test_rows_stream_in_before_the_run_ends(fake_llm, monkeypatch):
-    monkeypatch.setattr(app, "STREAM_EVERY_S", 0.0)
-    fake_llm.config.latency_s = 0.01
-    _, bench, _, _ = app.load_sample()
-    scored = [int(update[0]["score"].notna().sum()) for update in _judged(fake_llm, bench, concurrency=2)]
-    assert len(scored) > 3 and scored[0] < scored[-1] == 30 and scored == sorted(scored)
-
-
-def test_api_key_is_sent_but_never_shown(fake_llm):
-    secret = "sk-app-SECRET-0123456789abcdef"
-    fake_llm.config.rate_500 = 1.0
-    _, bench, _, _ = app.load_sample()
-    updates = _drain(app.judge(bench, "humpback", "", "fake", fake_llm.url, secret, 4, 4, *FILTERS))
-    shown = json.dumps([[str(part) for part in update] for update in updates]) + bench.frame.to_json()
-    assert secret not in shown
-    assert fake_llm.api_keys[secret] >= 1
-
-
-def test_review_filters_sort_pages_and_overrides(fake_llm):
-    _, bench, _, _ = app.load_sample()
-    _judged(fake_llm, bench)
-    table, info, _, _ = app.refresh_review(bench, 4, 5, 5, ["ok"], "", "input order", 1)
-    assert set(table["score"]) == {5} and f"{len(table)} rows match" in info
-    table, _, _, _ = app.refresh_review(bench, 4, 0, 10, list(STATUSES), "capital", "input order", 1)
-    assert list(table["instruction"]) == ["What is the capital of Australia?"]
-    table, _, _, _ = app.refresh_review(bench, 4, 0, 10, list(STATUSES), "", "score, low first", 1)
-    assert list(table["score"]) == sorted(table["score"])
-    low = int(table.iloc[0]["row"])
-    handler = app.overrider(True)
-    table, _, _, summary = handler(bench, low, 4, 0, 10, list(STATUSES), "", "input order", 1)
-    assert bool(table.set_index("row").loc[low, "final_keep"]) is True and "1 overrides" in summary
-    exported = [json.loads(line) for line in open(app.export_file(bench, "jsonl", 4))]
-    assert bench.frame.iloc[low]["instruction"] in {row["instruction"] for row in exported}
-
-
-def test_detail_panel_renders_dataset_text_inert():
-    frame = pd.DataFrame([{"instruction": "<script>alert(1)</script>", "generation": '<img src=x onerror="alert(2)">'}])
-    bench = app.Workbench.from_frame(frame)
-    html = app.record_html(bench.frame.iloc[0].to_dict())
-    assert "<script>" not in html and "<img" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=" in html
-
-
-def test_generate_fills_missing_responses(fake_llm, tmp_path):
-    src = write_jsonl(tmp_path / "instructions.jsonl", [{"instruction": "Name a colour."}, {"instruction": "Hi?"}])
-    bench, _, message = app.load_data(str(src), None, None)
-    assert "2 have no response yet" in message
-    blocked = _judged(fake_llm, bench)[-1][-1]
-    assert "run **Generate** first" in blocked and fake_llm.requests == 0
-    preview, status = _drain(app.generate(bench, "fake", fake_llm.url, "", 4))[-1]
-    assert bench.frame["generation"].notna().all() and "2/2 rows" in status
-    assert _judged(fake_llm, bench)[-1][0]["score"].notna().all()
-
-
-def test_custom_template_preview_and_sandbox(fake_llm):
-    _, bench, _, _ = app.load_sample()
-    preview = app.preview_prompt(bench, "custom", "Q: {{ instruction }}")
-    assert preview == f"Q: {bench.frame.iloc[0]['instruction']}"
-    refused = app.preview_prompt(bench, "custom", "{{ ''.__class__.__mro__ }}")
-    assert "refused by the sandbox" in refused
-    status = _drain(app.judge(bench, "custom", "{{ ''.__class__.__mro__[1].__subclasses__() }}", "fake",
-                              fake_llm.url, "", 4, 4, *FILTERS))[-1][-1]
-    assert "sandbox" in status and fake_llm.requests == 30 * 0
-
-
-def test_resume_an_earlier_run(fake_llm):
-    _, bench, _, _ = app.load_sample()
-    _judged(fake_llm, bench, template="additive")
-    runs = app.list_runs()
-    run_id = runs["choices"][0][1]
-    bench2, _, message, template, model, base_url = app.resume_run(run_id)
-    assert "restored" in message and template["value"] == "additive" and base_url["value"] == fake_llm.url
-    before = fake_llm.requests
-    final = _judged(fake_llm, bench2, template="additive")[-1]
-    assert fake_llm.requests == before and "30 from the store" in final[-1]
-
-
-def test_export_formats(fake_llm):
-    _, bench, _, _ = app.load_sample()
-    _judged(fake_llm, bench)
-    kept = int((bench.frame["score"] >= 4).sum())
-    for fmt in ("jsonl", "chat", "csv", "parquet"):
-        path = app.export_file(bench, fmt, 4)
-        reader = {"parquet": pd.read_parquet, "csv": pd.read_csv}.get(fmt)
-        count = len(reader(path)) if reader else len(open(path).read().splitlines())
-        assert count == kept, fmt
-    chat = json.loads(open(app.export_file(bench, "chat", 4)).readline())
-    assert chat["messages"][0] == {"role": "system", "content": "Answer in the style of an AI Assistant."}
+def test_the_ui_is_built_by_a_function_not_at_import():
+    assert not hasattr(app, "demo")
+    demo = app.create_app()
+    names = set(demo.get_api_info()["named_endpoints"])
+    assert {"/load_sample", "/inspect_upload", "/judge", "/list_runs", "/resume_run", "/delete_my_data"} <= names
 
 
 def test_named_endpoints_through_gradio_client(fake_process, tmp_path):
-    from gradio_client import Client
+    server = fake_process()
+    served = AppServer(tmp_path, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
+    try:
+        client = client_for(served.url)
+        preview, message, *_ = client.predict(api_name="/load_sample")
+        assert "Loaded **30** pairs" in message
+        table, *_, status = client.predict(**JUDGE, api_name="/judge")
+        assert len(table["data"]) == 30 and "**Done:** 30 rows" in status
+        assert server.stats()["requests"] == 30
+        src = write_jsonl(tmp_path / "my own file.jsonl", [{"instruction": "q", "generation": "a"}])
+        preview, message, *_ = upload(client, src)
+        assert "Loaded **1** pairs from `my own file.jsonl`" in message  # the name the user knows
+        runs = client.predict(api_name="/list_runs")
+        assert [label.split(" · ")[2] for label, _ in runs["choices"]] == ["the bundled sample"]
+    finally:
+        served.stop()
+
+
+def raw_call(url: str, api_name: str, data: list) -> str:
+    """A call over Gradio's plain HTTP API, with a file path that no upload made (gradio_client would upload it)."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/gradio_api/call/{api_name}", method="POST",
+                                     data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        event_id = json.load(urllib.request.urlopen(request))["event_id"]
+        with urllib.request.urlopen(f"{url.rstrip('/')}/gradio_api/call/{api_name}/{event_id}") as stream:
+            return stream.read().decode()
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+
+
+def _probe_texts(client, alice_run: str, paths: list[str]) -> list[str]:
+    """Every named endpoint, called with what an attacker would try. Returns everything the app answered."""
+    answers: list[str] = []
+
+    def call(*args, **kwargs) -> None:
+        try:
+            answers.append(json.dumps(client.predict(*args, **kwargs), default=str))
+        except Exception as exc:  # noqa: BLE001 (a refusal is an answer too; it must not leak either)
+            answers.append(f"{type(exc).__name__}: {exc}")
+
+    call(api_name="/list_runs")
+    call(run_id=alice_run, api_name="/resume_run")
+    for path in paths:
+        call(dataset_id=path, config="", split="train", api_name="/load_hub")
+        call(name=path, api_name="/load_local")
+        answers.append(raw_call(client.src, "inspect_upload", [{"path": path, "meta": {"_type": "gradio.FileData"}}]))
+        call(instruction_column="instruction", generation_column="generation", api_name="/load_upload")
+    call(**JUDGE, api_name="/judge")
+    call(backend="server", model="m", base_url="", api_key="", concurrency=4, api_name="/generate")
+    call(dataset="backtrans-review", workspace="backtrans", threshold=4, api_name="/argilla_push")
+    call(dataset="backtrans-review", workspace="backtrans", policy="majority", threshold=4, api_name="/argilla_pull")
+    call(repo="alice/data", threshold=4, api_name="/export_hub")
+    call(api_name="/delete_my_data")
+    return answers
+
+
+def test_an_attacker_with_gradio_client_gets_nothing_of_another_owner_or_the_server(fake_process, tmp_path):
+    import tempfile
 
     server = fake_process()
-    port = local.free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "BACKTRANS_DATA_DIR": str(tmp_path),
-           "OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "fake", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    served = AppServer(data_dir, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
     try:
-        local.wait_http(f"http://127.0.0.1:{port}/", 60, pid=process.pid)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        preview, message = client.predict(api_name="/load_sample")
-        assert "Loaded **30** pairs" in message
-        result = client.predict("humpback", "", "", "", "", 8, 4, 0, 10, list(STATUSES), "", "input order",
-                                api_name="/judge")
-        table, status = result[0], result[-1]
-        assert len(table["data"]) == 30 and "30/30 rows" in status
-        assert server.stats()["requests"] == 30
+        alice = client_for(served.url)
+        src = write_jsonl(tmp_path / "alice-private-name.jsonl",
+                          [{"instruction": f"{SECRET_TEXT} {i}", "generation": "a"} for i in range(5)])
+        upload(alice, src)
+        alice.predict(**JUDGE, api_name="/judge")
+        alice_run = alice.predict(api_name="/list_runs")["choices"][0][1]
+        kept = next((data_dir / "owners").rglob("*.jsonl"))  # alice's own copy of her upload
+        link = tmp_path / "innocent.jsonl"
+        link.symlink_to(kept)
+        gradio_tmp = Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio"))
+        # Gradio's upload cache is content-addressed (a folder per sha256 of the bytes): a path into it is
+        # only known to whoever already holds the file. Its folders themselves, and walks out of it, are probed.
+        cached = [str(gradio_tmp), str(gradio_tmp / ".." / ".." / "etc" / "passwd"), str(gradio_tmp / "x.jsonl")]
+        paths = [str(kept), str(data_dir / "runs.sqlite"), str(data_dir), str(link), "/etc/passwd",
+                 "../" * 8 + "etc/passwd", os.path.relpath(kept, Path(app.__file__).parent), "owners/x",
+                 f"{kept.parent.name}/{kept.name}", *cached]
+
+        attacker = client_for(served.url)
+        answers = _probe_texts(attacker, alice_run, paths)
+        # (the run id comes back only inside the refusal that quotes the attacker's own argument)
+        leaked = [a for a in answers if SECRET_TEXT in a or "alice-private-name" in a or "root:x:0:0" in a
+                  or (alice_run in a and "is not in the list of choices" not in a)]
+        assert leaked == [], leaked
+        assert len(answers) > 40
+
+        for path in (kept, data_dir / "runs.sqlite"):  # Gradio's file route does not serve the data folder
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{served.url}gradio_api/file={path}")
+            assert refused.value.code in (403, 404)
+
+        # the attacker's "delete my data" deleted only the attacker's: alice's run is still hers
+        assert alice.predict(api_name="/list_runs")["choices"][0][1] == alice_run
     finally:
-        process.kill()
-        process.wait()
+        served.stop()
 
 
-def test_documents_to_candidates_in_the_app(fake_llm, tmp_path):
-    doc = tmp_path / "guide.md"
-    doc.write_text("# Tea\n" + "Green tea is brewed with water at about 80 degrees for two minutes. " * 5 + "\n"
-                   "# MENU\n" + "Home about contact shop. " * 12 + "\n")
-    updates = _drain(app.augment([str(doc)], None, 100, 6000, 0.8, "fake", fake_llm.url, "", 4))
-    bench, preview, status = updates[-1]
-    assert len(bench) == 1 and "header caps 1" in status and "1/1 rows" in status
-    row = bench.frame.iloc[0]
-    assert row["instruction"] and row["source"] == "guide.md" and row["origin"] == "augmented"
-    _judged(fake_llm, bench)
-    chat = json.loads(open(app.export_file(bench, "chat", 0)).readline())
-    assert chat["messages"][0]["content"] == "Answer with knowledge from web search."
+# --- sign-in -----------------------------------------------------------------------------------------------
 
 
-def test_review_shows_an_earlier_rounds_score_beside_this_one(fake_llm, tmp_path):
-    src = write_jsonl(tmp_path / "r1.jsonl", [{"instruction": "q [[score=2]]", "generation": "a", "score_r1": 5}])
-    bench, _, _ = app.load_data(str(src), None, None)
-    table = _judged(fake_llm, bench)[-1][0]
-    assert list(table.columns[:3]) == ["row", "score_r1", "score"]
-    assert table.iloc[0]["score_r1"] == 5 and table.iloc[0]["score"] == 2
+class FakeHub:
+    """The Hub's /api/whoami-v2, which Gradio's mocked sign-in asks once at start: real HTTP on loopback."""
+
+    def __init__(self, username: str):
+        body = json.dumps({"type": "user", "name": username, "fullname": username.title(), "avatarUrl": "",
+                           "orgs": [], "auth": {}}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the stdlib's name)
+                self.send_response(200 if self.path.startswith("/api/whoami") else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _answer(client, **kwargs) -> str:
+    try:
+        return json.dumps(client.predict(**kwargs))
+    except Exception as exc:  # noqa: BLE001 (Gradio refuses a run id that is not among the caller's own)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _signed_in_cookie(url: str) -> str:
+    """Follow Gradio's sign-in redirects by hand: its session cookie is `Secure`, which http clients keep off
+    plain-http loopback, so the header is read and replayed as a browser on localhost would."""
+    import http.client
+    import urllib.parse
+
+    target = urllib.parse.urlsplit(url)
+    path, cookie = "/login/huggingface", ""
+    for _ in range(5):
+        connection = http.client.HTTPConnection(target.hostname, target.port)
+        connection.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        response = connection.getresponse()
+        for header, value in response.getheaders():
+            if header.lower() == "set-cookie" and value.startswith("session="):
+                cookie = value.split(";")[0]
+        location = response.getheader("Location")
+        connection.close()
+        if response.status not in (302, 303, 307) or not location:
+            break
+        path = urllib.parse.urlsplit(location).path + ("?" + urllib.parse.urlsplit(location).query
+                                                        if urllib.parse.urlsplit(location).query else "")
+    assert cookie, "the mocked sign-in set no session cookie"
+    return cookie
+
+
+def test_signed_in_users_are_isolated_and_judge_with_their_own_token(fake_process, tmp_path):
+    server = fake_process()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    hubs = {name: FakeHub(name) for name in ("alice", "bob")}
+    apps = {}
+    try:
+        for name, hub in hubs.items():  # two app processes on one data folder: one signed-in user each
+            apps[name] = AppServer(data_dir, {
+                "BACKTRANS_HF_ROUTER_URL": server.url, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_machine_token_123",
+                "HF_HUB_OFFLINE": "0", "OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m",
+                "BACKTRANS_SHARE_SERVER_KEY": "0"})
+        alice = client_for(apps["alice"].url, headers={"Cookie": _signed_in_cookie(apps["alice"].url)})
+        src = write_jsonl(tmp_path / "alice.jsonl", [{"instruction": f"{SECRET_TEXT} {i}", "generation": "a"}
+                                                     for i in range(4)])
+        upload(alice, src)
+        refused = alice.predict(**JUDGE, api_name="/judge")[-1]
+        assert "does not lend" in refused  # the owner has not opted in to pay for visitors
+        status = alice.predict(**{**JUDGE, "backend": "huggingface"}, api_name="/judge")[-1]
+        assert "**Done:** 4 rows" in status
+        assert server.stats()["api_keys"] == {"mock-oauth-token-for-local-dev": 4}  # her token paid
+        run_id = alice.predict(api_name="/list_runs")["choices"][0][1]
+
+        again = client_for(apps["alice"].url, headers={"Cookie": _signed_in_cookie(apps["alice"].url)})
+        assert again.predict(api_name="/list_runs")["choices"][0][1] == run_id  # a reload finds her runs
+
+        bob = client_for(apps["bob"].url, headers={"Cookie": _signed_in_cookie(apps["bob"].url)})
+        assert bob.predict(api_name="/list_runs")["choices"] == []
+        made_up = "20260101-000000-000000000000"
+        theirs, invented = (_answer(bob, run_id=rid, api_name="/resume_run") for rid in (run_id, made_up))
+        assert theirs.replace(run_id, "ID") == invented.replace(made_up, "ID") and SECRET_TEXT not in theirs
+        anonymous = client_for(apps["alice"].url)  # the same app, not signed in
+        assert anonymous.predict(api_name="/list_runs")["choices"] == []
+        assert "Sign in" in anonymous.predict(**{**JUDGE, "backend": "huggingface"}, api_name="/judge")[-1]
+    finally:
+        for served in apps.values():
+            served.stop()
+        for hub in hubs.values():
+            hub.stop()
+    logs = "".join((data_dir / "app.log").read_text(errors="replace") for _ in [0])
+    assert "mock-oauth-token-for-local-dev" not in logs and "hf_machine_token_123" not in logs
