@@ -146,7 +146,8 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
     columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     shown = chunk.reindex(columns=columns).copy()
     if "final_keep" in chunk:
-        shown["verdict"] = [_verdict(keep, by) for keep, by in zip(chunk["final_keep"], chunk["decided_by"])]
+        decisions = zip(chunk["final_keep"], chunk["decided_by"], strict=True)
+        shown["verdict"] = [_verdict(keep, by) for keep, by in decisions]
         shown["judge"] = [_verdict(keep, "judge") for keep in chunk["judge_keep"]]
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)

@@ -199,3 +199,23 @@ def results_in(store: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+# The judge endpoint's parameters by name, as a gradio_client caller passes them.
+JUDGE = {"template_name": "humpback", "custom_text": "", "backend": "server", "model": "m", "base_url": "",
+         "api_key": "", "concurrency": 8, "threshold": 4, "min_score": 1, "max_score": 5,
+         "statuses": ["ok", "parse_error", "llm_error", "pending"], "text": "", "sort": "input order"}
+
+
+def client_for(url: str, **kwargs):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, **kwargs)
+
+
+def upload(client, path: Path) -> tuple:
+    """The way a file reaches the app: an upload, then a load with the mapping by name."""
+    from gradio_client import handle_file
+
+    client.predict(file=handle_file(str(path)), api_name="/inspect_upload")
+    return client.predict(instruction_column="instruction", generation_column="generation", api_name="/load_upload")

@@ -12,29 +12,11 @@ from pathlib import Path
 import pytest
 
 import app
-from backtrans.curate import STATUSES
-from tests.conftest import AppServer, write_jsonl
+from tests.conftest import JUDGE, AppServer, client_for, upload, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-JUDGE = {"template_name": "humpback", "custom_text": "", "backend": "server", "model": "m", "base_url": "",
-         "api_key": "", "concurrency": 8, "threshold": 4, "min_score": 1, "max_score": 5,
-         "statuses": list(STATUSES), "text": "", "sort": "input order"}
 SECRET_TEXT = "ALICE-PRIVATE-ROW"
-
-
-def client_for(url: str, **kwargs):
-    from gradio_client import Client
-
-    return Client(url, verbose=False, **kwargs)
-
-
-def upload(client, path: Path) -> tuple:
-    """The way a file reaches the app: an upload, then a load with the guessed mapping."""
-    from gradio_client import handle_file
-
-    client.predict(file=handle_file(str(path)), api_name="/inspect_upload")
-    return client.predict(instruction_column="instruction", generation_column="generation", api_name="/load_upload")
 
 
 def test_the_ui_is_built_by_a_function_not_at_import():

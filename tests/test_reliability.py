@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-import app
 from backtrans import argilla_sync as A
 from backtrans import local
+from backtrans.limits import Limits
+from backtrans.owners import owner_for
 from backtrans.records import RecordsError, load_records
-from tests.conftest import ROOT, AppServer, results_in, write_jsonl
+from backtrans.session import SessionError, Workspace
+from tests.conftest import JUDGE, ROOT, AppServer, results_in, upload, write_jsonl
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -98,12 +100,11 @@ def test_kill_9_the_app_server_mid_run_then_resume(fake_process, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     env = {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"}
-    filters = (4, 0, 10, ["ok", "parse_error", "llm_error", "pending"], "", "input order")
 
     first = AppServer(data_dir, env)
     client = Client(first.url, verbose=False)
-    client.predict(str(src), "", "", api_name="/load_hub")
-    client.submit("humpback", "", "", "", "", 8, *filters, api_name="/judge")
+    upload(client, src)
+    client.submit(**{**JUDGE, "concurrency": 8}, api_name="/judge")
     store = data_dir / "runs.sqlite"
     deadline = time.monotonic() + 120
     while results_in(store) < 400 and time.monotonic() < deadline:
@@ -117,9 +118,9 @@ def test_kill_9_the_app_server_mid_run_then_resume(fake_process, tmp_path):
     second = AppServer(data_dir, env)
     try:
         client = Client(second.url, verbose=False)
-        client.predict(str(src), "", "", api_name="/load_hub")
-        table, *_, status = client.predict("humpback", "", "", "", "", 8, *filters, api_name="/judge")
-        assert "2000/2000 rows" in status and f"{finished} from the store" in status
+        upload(client, src)
+        table, *_, status = client.predict(**{**JUDGE, "concurrency": 8}, api_name="/judge")
+        assert "**Done:** 2000 rows" in status and f"{finished} from the store" in status
         assert server.stats()["requests"] - before == 2000 - finished  # 0 repeated requests
     finally:
         second.stop()
@@ -169,11 +170,16 @@ def test_broken_files_give_clear_errors_in_the_cli_the_app_and_the_dataset_path(
                     "--no-progress")
         assert done.returncode == 2, (name, done.stderr)
         assert expect in done.stderr and "Traceback" not in done.stderr, (name, done.stderr)
-        bench, _, message = app.load_data(str(path), None, None)
+        session = Workspace(tmp_path / "app", Limits()).session(owner_for(None, None))
+        try:
+            session.inspect_upload(str(path), name)
+            message = session.load_upload("instruction", "generation").message
+        except SessionError as exc:
+            message = str(exc)
         if name == "empty_text.csv":  # the app takes instruction-only rows: step 2 writes their responses
             assert "1 have no response yet" in message
             continue
-        assert bench is None and expect in message and "Traceback" not in message, (name, message)
+        assert session.bench is None and expect in message and "Traceback" not in message, (name, message)
     folder = tmp_path / "dataset-folder"
     folder.mkdir()
     (folder / "train.jsonl").write_bytes(broken["broken_line.jsonl"][0].read_bytes())
@@ -220,10 +226,9 @@ def test_the_api_key_appears_nowhere_but_the_request(fake_process, tmp_path):
     served = AppServer(data_dir, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
     try:
         client = Client(served.url, verbose=False)
-        client.predict(str(src), "", "", api_name="/load_hub")
-        statuses = ["ok", "parse_error", "llm_error"]
-        result = client.predict("humpback", "", "", "", SECRET, 4, 4, 0, 10, statuses, "", "input order",
-                                api_name="/judge")
+        upload(client, src)
+        result = client.predict(**{**JUDGE, "backend": "custom", "base_url": server.url, "api_key": SECRET,
+                                   "concurrency": 4}, api_name="/judge")
         paths = ("", "config", "gradio_api/info")
         pages = [urllib.request.urlopen(served.url + path).read().decode() for path in paths]
     finally:
@@ -257,9 +262,9 @@ def test_five_users_score_different_files_at_once(fake_process, tmp_path):
         try:
             src = write_jsonl(tmp_path / f"user{number}.jsonl", _pairs(20 + number * 5, f"user{number}"))
             client = Client(served.url, verbose=False)
-            client.predict(str(src), "", "", api_name="/load_hub")
-            results[number] = client.predict("humpback", "", "", "", f"sk-user{number}-key-0123456789", 4, 4, 0, 10,
-                                             ["ok", "parse_error", "llm_error", "pending"], "", "input order",
+            upload(client, src)
+            results[number] = client.predict(**{**JUDGE, "backend": "custom", "base_url": server.url,
+                                                "api_key": f"sk-user{number}-key-0123456789", "concurrency": 4},
                                              api_name="/judge")
         except BaseException as exc:  # noqa: BLE001 (reported below, in the test's own thread)
             errors.append(exc)
@@ -276,7 +281,7 @@ def test_five_users_score_different_files_at_once(fake_process, tmp_path):
     keys = server.stats()["api_keys"]
     for number, (table, *_, status) in results.items():
         rows = 20 + number * 5
-        assert f"{rows}/{rows} rows" in status
+        assert f"**Done:** {rows} rows" in status
         column = table["headers"].index("instruction")
         shown = [row[column] for row in table["data"]]
         assert shown and all(text.startswith(f"user{number} ") for text in shown)  # nobody else's rows

@@ -157,13 +157,15 @@ def test_generate_fills_missing_responses_then_judge(workspace, fake_llm, tmp_pa
 def test_custom_template_preview_and_sandbox(workspace, fake_llm):
     session = _session(workspace)
     session.load_sample()
-    assert session.preview_prompt("custom", "Q: {{ instruction }}") == f"Q: {session.bench.frame.iloc[0]['instruction']}"
+    first = session.bench.frame.iloc[0]["instruction"]
+    assert session.preview_prompt("custom", "Q: {{ instruction }}") == f"Q: {first}"
     assert "refused by the sandbox" in session.preview_prompt("custom", "{{ ''.__class__.__mro__ }}")
 
 
 def test_resume_an_earlier_run_of_ones_own(workspace, fake_llm, tmp_path):
     session = _session(workspace, "alice")
-    src = write_jsonl(tmp_path / "cache-name.jsonl", [{"instruction": f"q{i}", "generation": f"a{i}"} for i in range(6)])
+    rows = [{"instruction": f"q{i}", "generation": f"a{i}"} for i in range(6)]
+    src = write_jsonl(tmp_path / "cache-name.jsonl", rows)
     session.inspect_upload(str(src), "alice.jsonl")
     session.load_upload("instruction", "generation")
     _judge(session, fake_llm, template="additive")
