@@ -46,7 +46,7 @@ def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path)
 
     _tab(page, "3 · Judge")
     page.click("#judge-start")
-    expect(page.locator("#judge-status")).to_contain_text("30/30 rows", timeout=60_000)
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
     assert app_server.fake.stats()["requests"] == 30
 
     _tab(page, "4 · Review")
@@ -79,10 +79,13 @@ def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path)
     reviewer.respond(server_ids[A.record_id(rows[0])], "discard", 1, "not for training")
     reviewer.respond(server_ids[A.record_id(rows[20])], "keep", 5)
     page.click("#argilla-pull")
+    expect(page.locator("#argilla-status")).to_contain_text("Pulled", timeout=60_000)
+    expect(page.locator("#argilla-status")).to_contain_text("browser-reviewer")
     expect(page.locator("#argilla-agreement")).to_contain_text("over 2 reviewed pairs", timeout=60_000)
     expect(page.locator("#argilla-agreement")).to_contain_text("Cohen's kappa")
 
     _tab(page, "6 · Export")
+    expect(page.locator("#export-count")).to_contain_text("pairs in")
     with page.expect_download() as download_info:
         page.click("#export-download")
     exported = [json.loads(line) for line in Path(download_info.value.path()).read_text().splitlines()]
@@ -110,7 +113,7 @@ def test_dataset_text_is_inert_in_the_page(page: Page, app_server, tmp_path):
     expect(page.locator("#data-status")).to_contain_text("Loaded 2 pairs", timeout=30_000)
     _tab(page, "3 · Judge")
     page.click("#judge-start")
-    expect(page.locator("#judge-status")).to_contain_text("2/2 rows", timeout=60_000)
+    expect(page.locator("#judge-status")).to_contain_text("Done: 2 rows", timeout=60_000)
     _tab(page, "4 · Review")
     table = page.locator("#results-table")
     expect(table).to_contain_text("<script>window.__xss = 1;")
@@ -156,3 +159,92 @@ def test_a_reviewer_works_in_argillas_own_ui(page: Page, argilla_stack, argilla_
             break
         time.sleep(0.5)
     assert decision.human_keep is False and decision.reviewer == "ui-reviewer"
+
+
+@pytest.fixture
+def plain_app(tmp_path, fake_process):
+    """The app with only a fake LLM behind it: for what one page, or two users, see."""
+    fake = fake_process("--latency", "0.01")
+    server = AppServer(tmp_path, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "fake-judge"})
+    yield server
+    server.stop()
+
+
+def _run_labels(page: Page) -> list[str]:
+    _tab(page, "3 · Judge")
+    page.click("#judge-refresh-runs")
+    page.wait_for_timeout(500)
+    page.locator("#judge-runs input").click()
+    labels = page.locator("ul[role=listbox] li").all_inner_texts()
+    page.keyboard.press("Escape")
+    return labels
+
+
+def test_two_browsers_are_two_owners_and_a_reload_keeps_ones_runs(browser, browser_context_args, plain_app,
+                                                                   tmp_path):
+    mine = write_jsonl(tmp_path / "alice-private-file.jsonl",
+                       [{"instruction": f"ALICE ROW {i}?", "generation": f"answer {i}"} for i in range(3)])
+    alice = browser.new_context(**browser_context_args).new_page()
+    alice.goto(plain_app.url)
+    alice.set_input_files("#data-upload input[type=file]", str(mine))
+    expect(alice.locator("#data-status")).to_contain_text("Loaded 3 pairs from alice-private-file.jsonl",
+                                                          timeout=30_000)
+    _tab(alice, "3 · Judge")
+    alice.click("#judge-start")
+    expect(alice.locator("#judge-status")).to_contain_text("Done: 3 rows", timeout=60_000)
+    assert any("alice-private-file.jsonl" in label for label in _run_labels(alice))
+
+    bob = browser.new_context(**browser_context_args).new_page()
+    bob.goto(plain_app.url)
+    expect(bob.locator("#who")).to_contain_text("Not signed in")
+    assert not any("alice" in label for label in _run_labels(bob))
+    for tab in ("1 · Data", "3 · Judge", "4 · Review", "6 · Export"):
+        _tab(bob, tab)
+        assert "ALICE ROW" not in bob.content() and "alice-private-file" not in bob.content()
+
+    alice.reload()
+    expect(alice.locator("#who")).to_contain_text("Not signed in")
+    assert any("alice-private-file.jsonl" in label for label in _run_labels(alice))  # same browser, same owner
+
+
+def test_a_second_dataset_starts_clean_and_an_override_follows_its_row(page: Page, plain_app, tmp_path):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(plain_app.url)
+    page.click("#data-sample")
+    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+    _tab(page, "3 · Judge")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+
+    _tab(page, "4 · Review")
+    expect(page.locator("#override-keep")).to_be_disabled()  # nothing selected yet
+    header = page.locator("#results-table").get_by_text("verdict", exact=True).first
+    box = header.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1280  # in view without scrolling
+    cell = page.locator("#results-table [data-testid=cell-5-6]")
+    chosen = cell.inner_text()
+    cell.click()
+    expect(page.locator("#record-detail")).to_contain_text("Row 5")
+    expect(page.locator("#override-discard")).to_be_enabled()
+    page.click("#override-discard")
+    expect(page.locator("#threshold-counts")).to_contain_text("1 overrides")
+    search = page.locator("#filter-text textarea, #filter-text input").first
+    search.fill(chosen[:25])
+    search.press("Enter")
+    expect(page.locator("#page-info")).to_contain_text("1 rows match")  # now first in another view
+    expect(page.locator("#results-table [data-testid=cell-0-1]")).to_have_text("discard (you)")
+    search.fill("")
+    search.press("Enter")
+    expect(page.locator("#page-info")).to_contain_text("30 rows match")
+    expect(page.locator("#results-table [data-testid=cell-0-1]")).not_to_contain_text("(you)")
+
+    other = write_jsonl(tmp_path / "five.jsonl", [{"instruction": f"new q{i}", "generation": "a"} for i in range(5)])
+    _tab(page, "1 · Data")
+    page.set_input_files("#data-upload input[type=file]", str(other))
+    expect(page.locator("#data-status")).to_contain_text("Loaded 5 pairs from five.jsonl", timeout=30_000)
+    _tab(page, "3 · Judge")
+    expect(page.locator("#judge-status")).not_to_contain_text("30 rows")  # the old run's status is gone
+    _tab(page, "4 · Review")
+    expect(page.locator("#record-detail")).to_have_text("")
+    expect(page.locator("#override-keep")).to_be_disabled()
+    expect(page.locator("#threshold-counts")).not_to_contain_text("overrides")
