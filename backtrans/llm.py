@@ -166,9 +166,9 @@ class LLMClient:
 
     def describe(self) -> str:
         stats = self.stats()
-        line = f"retries {stats['retries']}; requests {stats['requests']}"
+        line = f"retries {stats['retries']} · requests {stats['requests']}"
         if self.hedger is not None:
-            line += (f"; hedges {stats['hedges']} ({stats['hedge_share']:.1%} extra load, "
+            line += (f" · hedges {stats['hedges']} ({stats['hedge_share']:.1%} extra load, "
                      f"{stats['hedge_wins']} answered first)")
         return line
 
