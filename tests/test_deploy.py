@@ -9,8 +9,10 @@ def test_readme_front_matter_is_a_valid_gradio_space():
     text = (ROOT / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
-    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    pinned = next(line for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.startswith(("gradio==", "gradio[")))
     assert front["sdk_version"] == pinned.split("==")[1]
+    assert front["hf_oauth"] is True and "inference-api" in front["hf_oauth_scopes"]  # visitors pay with their token
 
 
 def test_dry_run_plan_names_secrets_but_never_their_values(capsys, monkeypatch):

@@ -42,3 +42,23 @@ def test_find_run_resumes_the_unfinished_run_with_the_same_config(tmp_path):
 def test_content_key_is_stable_and_sensitive():
     assert content_key("a", {"x": 1, "y": 2}) == content_key("a", {"y": 2, "x": 1})
     assert content_key("a", "b") != content_key("a", "c")
+
+
+def test_an_old_store_is_migrated_and_runs_are_scoped_by_owner(tmp_path):
+    import sqlite3
+
+    from backtrans.store import MIGRATIONS, SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # a store written before owners existed
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO runs(run_id, created, kind, config) VALUES ('old', 1, 'judge', '{}')")
+    store = RunStore(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.run("old").owner == "" and [r.run_id for r in store.runs(owner="")] == ["old"]
+    mine = store.start_run("judge", {"s": 1}, owner="hf:alice")
+    assert store.run(mine, owner="hf:bob") is None and store.run(mine, owner="hf:alice").run_id == mine
+    assert store.find_run("judge", {"s": 1}, "hf:bob") is None and store.find_run("judge", {"s": 1}, "hf:alice") == mine
+    assert [r.run_id for r in store.runs(owner="hf:bob")] == []
+    store.close()
+    assert RunStore(path).schema_version == len(MIGRATIONS)  # opening again migrates nothing twice
