@@ -19,8 +19,6 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 
-import openai
-
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _KEY_LIKE = re.compile(r"\b(sk|hf|rk|pk|api|argilla\.apikey)[-_.][A-Za-z0-9_\-]{8,}")
 
@@ -40,8 +38,10 @@ class LLMSettings:
     hedge_quantile: float = 0.95  # a call this far into the latency distribution gets a duplicate
     hedge_budget: float = 0.05  # at most this share of requests are duplicates
     hedge_min_s: float = 0.05  # never hedge sooner: below this, a duplicate only adds load
-    # "aiohttp" (the SDK's aiohttp transport, when installed) or "httpx"; see docs/benchmarks.md
-    transport: str = field(default_factory=lambda: os.environ.get("BACKTRANS_HTTP", "aiohttp"))
+    # "lean": one aiohttp session posting JSON, without the SDK's request and response layers (the
+    # default when aiohttp is installed); "openai-aiohttp" / "openai-httpx": the openai SDK on that
+    # transport. Measured side by side in docs/benchmarks.md.
+    transport: str = field(default_factory=lambda: os.environ.get("BACKTRANS_HTTP", "lean"))
 
     @classmethod
     def from_env(cls, **overrides: object) -> LLMSettings:
@@ -142,14 +142,7 @@ class _Hedger:
 class LLMClient:
     def __init__(self, settings: LLMSettings):
         self.settings = settings
-        self.client = openai.AsyncOpenAI(
-            base_url=settings.base_url,
-            # Local servers need no key; the SDK insists on one.
-            api_key=settings.api_key or "no-key",
-            max_retries=0,
-            timeout=settings.timeout_s,
-            http_client=_http_client(settings),
-        )
+        self.transport = _make_transport(settings)
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.limiter = _RateLimiter(settings.requests_per_minute) if settings.requests_per_minute else None
         self.hedger = _Hedger(settings) if settings.hedge and settings.hedge_budget > 0 else None
@@ -173,13 +166,10 @@ class LLMClient:
         return line
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.transport.close()
 
-    async def _post(self, request: dict) -> dict:
-        # The client's plain POST: same auth, base URL, timeouts and error types as
-        # `chat.completions.create`, without its typed request transform and response
-        # models, which cost more CPU than the rest of a call (see docs/benchmarks.md).
-        return await self.client.post("/chat/completions", body=request, cast_to=dict)
+    def _post(self, request: dict):
+        return self.transport.post(request)
 
     async def _send(self, request: dict, started: float) -> tuple[dict, bool]:
         """One attempt: the request, and past the hedge delay one duplicate; the first answer wins."""
@@ -251,13 +241,13 @@ class LLMClient:
                 if self.hedger is not None:
                     self.hedger.observe(latency)
                 return completion
-            except openai.APIStatusError as exc:
-                if exc.status_code not in RETRYABLE_STATUS or attempt > self.settings.max_retries:
-                    raise self._failure(f"HTTP {exc.status_code}: {exc.message}", attempt) from None
-                wait_s = _retry_after(exc.response)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            except HTTPStatusError as exc:
+                if exc.status not in RETRYABLE_STATUS or attempt > self.settings.max_retries:
+                    raise self._failure(f"HTTP {exc.status}: {exc.message}", attempt) from None
+                wait_s = exc.retry_after
+            except TransportError as exc:
                 if attempt > self.settings.max_retries:
-                    kind = "timeout" if _timed_out(exc) else "connection error"
+                    kind = "timeout" if exc.timed_out else "connection error"
                     raise self._failure(f"{kind} after {attempt} attempts: {exc}", attempt) from None
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise self._failure(f"malformed response: {exc}", attempt) from None
@@ -306,25 +296,163 @@ class LLMClient:
         )
 
 
-def _http_client(settings: LLMSettings):
-    """The HTTP transport under the SDK. Its own httpx pool keeps only 100 idle connections and walks
-    all of them for every request; aiohttp's pool costs far less CPU at high concurrency."""
-    import httpx2
+class HTTPStatusError(Exception):
+    """The server answered with an error status."""
 
-    keep = max(100, settings.concurrency * 2)  # hedges and cancelled racers need connections too
-    limits = httpx2.Limits(max_connections=max(1000, keep), max_keepalive_connections=keep)
-    if settings.transport == "aiohttp":
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class TransportError(Exception):
+    """No answer: a timeout, or a refused or broken connection."""
+
+    def __init__(self, message: str, timed_out: bool):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+def _make_transport(settings: LLMSettings):
+    if settings.transport == "lean":
         try:
-            from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient  # noqa: F401  (needs openai[aiohttp])
-        except ImportError:
+            return _LeanTransport(settings)
+        except ImportError:  # aiohttp is optional: the SDK's own transport does the same job, slower
             pass
-        else:
-            return openai.DefaultAioHttpClient(timeout=settings.timeout_s, limits=limits)
-    return openai.DefaultAsyncHttpxClient(timeout=settings.timeout_s, limits=limits)
+    return _SDKTransport(settings)
+
+
+def _endpoint(settings: LLMSettings) -> str:
+    base = settings.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return base.rstrip("/") + "/chat/completions"
+
+
+class _LeanTransport:
+    """One aiohttp session that POSTs JSON and reads JSON: what a chat call needs and nothing else.
+
+    The openai SDK builds an httpx request, deep-copies its options and validates its response for
+    every call: at concurrency 256 that costs more CPU than the rest of a row (docs/benchmarks.md).
+    Same semantics as the SDK's plain POST: bearer auth, per-read timeout, errors by status code.
+    """
+
+    def __init__(self, settings: LLMSettings):
+        import aiohttp
+
+        try:
+            import orjson
+
+            self.dumps, self.loads = orjson.dumps, orjson.loads
+        except ImportError:
+            import json
+
+            self.dumps, self.loads = (lambda o: json.dumps(o).encode()), json.loads
+        self.aiohttp = aiohttp
+        self.url = _endpoint(settings)
+        self.headers = {"Authorization": f"Bearer {settings.api_key or 'no-key'}",
+                        "Content-Type": "application/json", "Accept": "application/json"}
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout_s,
+                                             sock_read=settings.timeout_s)
+        # Hedges and cancelled racers need connections beyond the concurrency.
+        self.limit = max(100, settings.concurrency * 2)
+        self.session = None
+        # The proxy settings are read once here: aiohttp's trust_env reads them (and ~/.netrc) in a
+        # thread for every request.
+        self.proxy = self.proxy_auth = None
+        try:
+            import yarl
+            from aiohttp.helpers import get_env_proxy_for_url
+
+            self.proxy, self.proxy_auth = get_env_proxy_for_url(yarl.URL(self.url))
+        except LookupError:
+            pass
+
+    async def post(self, request: dict) -> dict:
+        aiohttp = self.aiohttp
+        if self.session is None:  # created inside the running loop, as aiohttp requires
+            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30)
+            self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
+                                                 skip_auto_headers=("User-Agent",))
+        try:
+            async with self.session.post(self.url, data=self.dumps(request), headers=self.headers,
+                                         proxy=self.proxy, proxy_auth=self.proxy_auth) as response:
+                body = await response.read()
+                status = response.status
+                retry_after = response.headers.get("retry-after")
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise TransportError(f"Request timed out. ({type(exc).__name__})", True) from None
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"Connection error. ({type(exc).__name__}: {exc})", False) from None
+        if status >= 400:
+            raise HTTPStatusError(status, _error_message(body, self.loads), _seconds(retry_after))
+        return self.loads(body)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+class _SDKTransport:
+    """The openai SDK's plain POST, on its own httpx transport (or its aiohttp one)."""
+
+    def __init__(self, settings: LLMSettings):
+        import httpx2
+        import openai
+
+        self.openai = openai
+        keep = max(100, settings.concurrency * 2)
+        limits = httpx2.Limits(max_connections=max(1000, keep), max_keepalive_connections=keep)
+        http_client = None
+        if settings.transport == "openai-aiohttp":
+            try:
+                from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient  # noqa: F401  (openai[aiohttp])
+            except ImportError:
+                pass
+            else:
+                http_client = openai.DefaultAioHttpClient(timeout=settings.timeout_s, limits=limits)
+        if http_client is None:
+            # Its default pool keeps only 100 idle connections: past that, connections are reopened.
+            http_client = openai.DefaultAsyncHttpxClient(timeout=settings.timeout_s, limits=limits)
+        self.client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key or "no-key",  # local servers need no key; the SDK insists on one
+            max_retries=0,
+            timeout=settings.timeout_s,
+            http_client=http_client,
+        )
+
+    async def post(self, request: dict) -> dict:
+        openai = self.openai
+        try:
+            # Not `chat.completions.create`: its typed request transform and response models cost
+            # more CPU than the rest of a call.
+            return await self.client.post("/chat/completions", body=request, cast_to=dict)
+        except openai.APIStatusError as exc:
+            retry_after = exc.response.headers.get("retry-after") if exc.response is not None else None
+            raise HTTPStatusError(exc.status_code, exc.message, _seconds(retry_after)) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise TransportError(str(exc), _timed_out(exc)) from None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _error_message(body: bytes, loads) -> str:
+    try:
+        error = loads(body).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if message:
+            return str(message)
+    except (ValueError, AttributeError, TypeError):
+        pass
+    return body[:200].decode("utf-8", "replace")
 
 
 def _timed_out(exc: BaseException) -> bool:
     """A timeout, not a refused or reset connection (the aiohttp transport reports both as timeouts)."""
+    import openai
+
     if not isinstance(exc, openai.APITimeoutError):
         return False
     seen: BaseException | None = exc
@@ -335,8 +463,7 @@ def _timed_out(exc: BaseException) -> bool:
     return True
 
 
-def _retry_after(response) -> float | None:
-    header = response.headers.get("retry-after") if response is not None else None
+def _seconds(header: str | None) -> float | None:
     try:
         return max(0.0, float(header)) if header is not None else None
     except ValueError:
