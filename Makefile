@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_DATASETS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser run test lint down bench clean
+.PHONY: install browser run test test-fast lint down bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ lint: install
 
 test: install browser lint
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: no real servers, no browser, nothing slow (under a minute). CI runs `make test`.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The whole benchmark report in one go (about an hour on 2 cores); figures in docs/benchmarks.md.
 bench: install $(VENV)/.judge-model

@@ -27,9 +27,19 @@ from tests.fakellm import FakeConfig, FakeLLM  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# One rule marks what a test starts, from the fixtures it uses: `make test-fast` leaves these out.
+SERVER_MARKS = {"argilla_stack": "argilla", "argilla_config": "argilla", "local_llm": "llama", "page": "browser",
+                "browser": "browser", "fake_process": "slow"}
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread until the
-    session ends, and `asyncio.run` (the CLI, the runner) refuses to start inside it."""
+    """Marks from fixtures, and browser tests last: Playwright's sync API keeps an event loop running in the main
+    thread until the session ends, and `asyncio.run` (the CLI, the runner) refuses to start inside it."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in SERVER_MARKS:
+                item.add_marker(SERVER_MARKS[fixture])
+                item.add_marker("slow")
     items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
 
 

@@ -291,6 +291,8 @@ def test_five_users_score_different_files_at_once(fake_process, tmp_path):
 # --- 7. Argilla outage ------------------------------------------------------------------------------------
 
 
+@pytest.mark.argilla
+@pytest.mark.slow
 def test_argilla_dies_mid_push_then_a_retry_completes_without_duplicates(tmp_path):
     home = tmp_path / "argilla"
     stack = local.start_argilla(home=home)

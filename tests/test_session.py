@@ -105,7 +105,10 @@ def test_the_api_key_is_sent_but_never_shown(workspace, fake_llm):
     fake_llm.config.rate_500 = 1.0
     session = _session(workspace)
     session.load_sample()
-    updates = _judge(session, fake_llm, key=secret)
+    choice = _choice(fake_llm, key=secret)
+    choice.settings.max_retries = 0  # every call fails at once: the error text is what is checked
+    updates = _drain(session.judge(session.resolve_template("humpback"), choice, every_s=0))
+    assert "30 LLM errors" in updates[-1].message
     shown = json.dumps([u.message for u in updates]) + session.bench.frame.to_json()
     assert secret not in shown and fake_llm.api_keys[secret] >= 1
 
