@@ -340,6 +340,8 @@ class _LeanTransport:
         import aiohttp
 
         try:
+            if os.environ.get("BACKTRANS_ORJSON", "1") == "0":  # for measuring what orjson saves
+                raise ImportError
             import orjson
 
             self.dumps, self.loads = orjson.dumps, orjson.loads
@@ -411,9 +413,7 @@ class _SDKTransport:
                 pass
             else:
                 http_client = openai.DefaultAioHttpClient(timeout=settings.timeout_s, limits=limits)
-        if http_client is None:
-            # Its default pool keeps only 100 idle connections: past that, connections are reopened.
-            http_client = openai.DefaultAsyncHttpxClient(timeout=settings.timeout_s, limits=limits)
+        # Otherwise the SDK's own httpx pool, as it comes: the client this project used before the lean one.
         self.client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key or "no-key",  # local servers need no key; the SDK insists on one

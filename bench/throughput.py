@@ -4,7 +4,7 @@
     .venv/bin/python bench/throughput.py --markdown bench/out/throughput.md
 
 The fake server (tests/fakellm.py) sleeps `--latency` seconds per request, so the best any client can do with C
-requests in flight is N * latency / C seconds ("ideal"). Every run starts from a reset server and a fresh store
+requests in flight is ceil(N / C) * latency seconds ("ideal"). Every run starts from a reset server and a fresh store
 (no cache hits), and the server's own request count proves that each system really made N calls.
 
 Times reported:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -49,9 +50,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
 class FakeServer:
     """tests/fakellm.py in its own process."""
 
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, *extra: str):
+        """`extra`: more of tests/fakellm.py's options, such as faults or a latency tail."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakellm", "--port", "0", "--latency", str(latency)],
+            [sys.executable, "-m", "tests.fakellm", "--port", "0", "--latency", str(latency), *extra],
             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         line = self.proc.stdout.readline()
@@ -220,7 +222,7 @@ def main() -> int:
                 if m.returncode != 0:
                     raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stderr[-2000:]}")
                 s = parse_summary(m.stderr)
-                ideal = n * latency / c
+                ideal = math.ceil(n / c) * latency
                 row = {
                     "concurrency": c, "requests": m.stats["requests"], "unique": m.stats["unique_prompts"],
                     "ok": s["ok"], "cached": s["cached"], "processing_s": s["secs"], "wall_s": m.wall_s,

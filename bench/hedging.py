@@ -1,0 +1,140 @@
+"""Hedged requests and the tail: p99 row latency and wall time with and without hedging, and the fault soak.
+
+    .venv/bin/python bench/hedging.py tail      # 2000 pairs, 0.25 s latency, 2% of requests 5 s slower, c = 64
+    .venv/bin/python bench/hedging.py soak      # the issue's fault mix at default settings (timeout 120 s)
+    .venv/bin/python bench/hedging.py tail soak --markdown bench/out/hedging.md
+
+Every run is the whole `python -m backtrans score ...` command against tests/fakellm.py in its own process, from
+a fresh store; `--no-hedge` is the only difference between the two runs of a pair. Row latency is read from the
+store's call log: the time from a row's last attempt being sent to its answer, a duplicate's wait included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+from throughput import ROOT, FakeServer, code_version, measure, our_cli, parse_summary, write_pairs
+
+COUNTS = re.compile(r"retries (\d+) · requests (\d+)"
+                    r"(?: · hedges (\d+) \(([\d.]+)% extra load, (\d+) answered first\))?")
+SOAK_FAULTS = ("--rate-429", "0.25", "--retry-after", "0.05", "--rate-500", "0.15", "--rate-hang", "0.05",
+               "--rate-garbage", "0.05", "--seed", "11")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def one_run(pairs: Path, work: Path, server: FakeServer, concurrency: int, hedge: bool, name: str,
+            extra: tuple[str, ...] = ()) -> dict:
+    server.reset()
+    store = work / f"{name}-{'hedge' if hedge else 'plain'}.sqlite"
+    store.unlink(missing_ok=True)
+    output = work / f"{name}.jsonl"
+    cmd = our_cli(pairs, output, store, server.url, concurrency) + list(extra) + ([] if hedge else ["--no-hedge"])
+    m = measure(cmd, server)
+    if m.returncode != 0:
+        raise RuntimeError(f"CLI failed:\n{m.stderr[-2000:]}")
+    summary = parse_summary(m.stderr)
+    counts = COUNTS.search(m.stderr)
+    with sqlite3.connect(store) as db:
+        latencies = [r[0] for r in db.execute("SELECT latency_s FROM calls WHERE status != 'llm_error'")]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    return {
+        "hedge": hedge, "wall_s": m.wall_s, "processing_s": summary["secs"], "ok": summary["ok"],
+        "parse_error": summary["parse"], "llm_error": summary["err"], "rows": len(rows),
+        "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "max": max(latencies),
+        "server_requests": m.stats["requests"], "server_statuses": m.stats["statuses"],
+        "retries": int(counts.group(1)), "requests": int(counts.group(2)),
+        "hedges": int(counts.group(3) or 0), "hedge_share": float(counts.group(4) or 0),
+        "hedge_wins": int(counts.group(5) or 0), "other": m.other_cores, "cpu_s": m.cpu_s,
+    }
+
+
+def show(run: dict) -> str:
+    return (f"  {'hedging' if run['hedge'] else '--no-hedge':10} wall {run['wall_s']:6.1f}s | rows {run['rows']} "
+            f"({run['ok']} ok, {run['parse_error']} parse_error, {run['llm_error']} llm_error) | row latency p50 "
+            f"{run['p50']:.2f}s p99 {run['p99']:.2f}s max {run['max']:.2f}s | requests {run['requests']} "
+            f"(server {run['server_requests']}), retries {run['retries']}, hedges {run['hedges']} "
+            f"({run['hedge_share']:.1f}%, {run['hedge_wins']} won) | other load {run['other']:.2f}")
+
+
+def table(title: str, runs: list[dict]) -> list[str]:
+    lines = [f"**{title}**", "",
+             "| | wall s | rows (ok / parse_error / llm_error) | row latency p50 / p99 / max s | requests (server) "
+             "| retries | hedges (share, won) | other load |",
+             "|---|---:|---|---|---:|---:|---|---:|"]
+    for r in runs:
+        lines.append(f"| {'hedging (default)' if r['hedge'] else '`--no-hedge`'} | {r['wall_s']:.1f} | {r['rows']} "
+                     f"({r['ok']} / {r['parse_error']} / {r['llm_error']}) | {r['p50']:.2f} / {r['p99']:.2f} / "
+                     f"{r['max']:.2f} | {r['requests']} ({r['server_requests']}) | {r['retries']} | {r['hedges']} "
+                     f"({r['hedge_share']:.1f}%, {r['hedge_wins']}) | {r['other']:.2f} |")
+    return lines + [""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="+", choices=["tail", "soak"])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--tail-rate", type=float, default=0.02)
+    parser.add_argument("--tail", type=float, default=5.0, help="extra seconds for the slow requests")
+    parser.add_argument("--hang", type=float, default=300.0, help="soak: how long a hung request hangs")
+    parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hedging"))
+    parser.add_argument("--markdown", metavar="PATH")
+    args = parser.parse_args()
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pairs = work / "pairs.jsonl"
+    write_pairs(pairs, args.rows)
+    version = code_version()
+    print(f"backtrans at {version}")
+    lines = [f"backtrans at `{version}`.", ""]
+    if "tail" in args.what:
+        print(f"tail: {args.rows} pairs, latency {args.latency}s, {args.tail_rate:.0%} of requests {args.tail}s "
+              f"slower, concurrency {args.concurrency}")
+        server = FakeServer(args.latency, "--tail-rate", str(args.tail_rate), "--tail", str(args.tail))
+        try:
+            runs = [one_run(pairs, work, server, args.concurrency, hedge, "tail") for hedge in (False, True)]
+        finally:
+            server.stop()
+        for run in runs:
+            print(show(run), flush=True)
+        lines += table(f"Latency tail: {args.rows} pairs, {args.latency} s latency, {args.tail_rate:.0%} of requests "
+                       f"{args.tail:g} s slower, concurrency {args.concurrency}", runs)
+    if "soak" in args.what:
+        print(f"soak: {args.rows} pairs, latency {args.latency}s, 25% 429 / 15% 500 / 5% hang {args.hang}s / 5% "
+              f"garbage, concurrency {args.concurrency}, default timeout (120 s) and retries")
+        server = FakeServer(args.latency, *SOAK_FAULTS, "--hang", str(args.hang))
+        try:
+            runs = []
+            for hedge in (True, False):
+                runs.append(one_run(pairs, work, server, args.concurrency, hedge, "soak"))
+                print(show(runs[-1]), flush=True)
+        finally:
+            server.stop()
+        lines += table(f"Fault soak: {args.rows} pairs, {args.latency} s latency, 25% 429s, 15% 500s, 5% hangs of "
+                       f"{args.hang:g} s (past the 120 s timeout), 5% garbage; concurrency {args.concurrency}, "
+                       "every other setting at its default", runs)
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text("\n".join(lines))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
