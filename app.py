@@ -200,6 +200,19 @@ def preview_prompt(session: Session | None, name: str, custom_text: str) -> str:
     return session.preview_prompt(name, custom_text)
 
 
+def template_defaults(name: str):
+    """A judge template brings its own scale: the filters, the measure and the threshold follow it."""
+    if name == CUSTOM_TEMPLATE:
+        return gr.update(), gr.update(), gr.update(), gr.update()
+    template = load_template(name)
+    by = "expected_score" if template.logprobs else "score"
+    # 3.8 on a 1-5 scale where expected scores rank (docs/judge-models.md); else the paper's A4 (one below the top)
+    span = template.score_max - template.score_min
+    threshold = template.score_min + 0.7 * span if template.logprobs else template.score_max - 1
+    return (gr.update(value=template.score_min), gr.update(value=template.score_max), gr.update(value=by),
+            gr.update(value=round(threshold, 1), minimum=template.score_min, maximum=template.score_max))
+
+
 def template_source(name: str) -> str:
     return load_template(name).source if name != CUSTOM_TEMPLATE else load_template(DEFAULT_TEMPLATE).source
 
@@ -339,8 +352,8 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                 generation_column = gr.Dropdown(label="Response column", choices=[], elem_id="map-generation")
                 apply_mapping = gr.Button("Load with this mapping", elem_id="data-apply-mapping")
             data_status = gr.Markdown(elem_id="data-status")
-            data_preview = gr.Dataframe(label="First rows", interactive=False, wrap=True, max_height=260,
-                                        elem_id="data-preview")
+            data_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), label="First rows",
+                                        interactive=False, wrap=True, max_height=260, elem_id="data-preview")
 
         with gr.Tab("2 · Generate"):
             gr.Markdown("**Self-augmentation:** turn unlabelled documents into (instruction, response) candidates. "
@@ -360,7 +373,8 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
             generate_start = gr.Button("Generate missing responses", elem_id="generate-start")
             generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
             generate_status = gr.Markdown(elem_id="generate-status")
-            generate_preview = gr.Dataframe(interactive=False, wrap=True, max_height=260, elem_id="generate-preview")
+            generate_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), interactive=False,
+                                            wrap=True, max_height=260, elem_id="generate-preview")
 
         with gr.Tab("3 · Judge"):
             with gr.Row():
@@ -411,7 +425,9 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
             with gr.Row():
                 page_number = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="page-number")
                 page_info = gr.Markdown(elem_id="page-info")
-            results = gr.Dataframe(label="Pairs with the judge's score and reason (click a row for details)",
+            results = gr.Dataframe(pd.DataFrame(columns=["row", "verdict", "judge", "score", "reason", "instruction",
+                                                         "generation"]),
+                                   label="Pairs with the judge's verdict, score and reason (click a row for details)",
                                    interactive=False, wrap=True, max_height=900, elem_id="results-table")
             with gr.Row():
                 with gr.Column(scale=2):
@@ -421,7 +437,9 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                         discard_button = gr.Button("Discard", elem_id="override-discard", interactive=False)
                         clear_button = gr.Button("Use the judge's verdict", elem_id="override-clear",
                                                  interactive=False)
-                scores_plot = gr.BarPlot(x="score", y="pairs", title="Scores", sort=None, elem_id="score-histogram")
+                scores_plot = gr.BarPlot(x="bin", y="pairs", color="side", sort=None, elem_id="score-histogram",
+                                         title="Pairs by the measure in use (the colour changes at the threshold)",
+                                         color_map={"kept": "#2e7d32", "discarded": "#9e9e9e"})
 
         with gr.Tab("5 · Argilla"):
             gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
@@ -442,8 +460,12 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
             agreement_report = gr.Markdown(elem_id="argilla-agreement")
             confusion_plot = gr.BarPlot(x="LLM", y="pairs", color="human", title="Confusion: LLM keep vs human keep",
                                         elem_id="argilla-confusion")
-            disagreements = gr.Dataframe(label="Where humans and the LLM disagree", interactive=False, wrap=True,
-                                         elem_id="argilla-disagreements")
+            disagreements = gr.Dataframe(
+                pd.DataFrame(columns=["instruction", "generation", "score", "expected_score", "reason", "human_keep",
+                                      "human_score", "human_note", "reviewer"]),
+                label="Where humans and the LLM disagree", interactive=False, wrap=True, max_height=600,
+                column_widths=["22%", "22%", "70px", "90px", "16%", "80px", "80px", "12%", "90px"],
+                elem_id="argilla-disagreements")
 
         with gr.Tab("6 · Export"):
             with gr.Row():
@@ -503,6 +525,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
 
         template.change(lambda name: gr.update(value=template_source(name)) if name != CUSTOM_TEMPLATE
                         else gr.update(), template, custom_template, api_name=False)
+        template.change(template_defaults, template, [min_score, max_score, keep_by, threshold], api_name=False)
         for trigger in (template.change, custom_template.change):
             trigger(preview_prompt, [session_state, template, custom_template], prompt_preview, api_name=False)
 

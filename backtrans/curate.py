@@ -177,6 +177,23 @@ def histogram(frame: pd.DataFrame, lo: int = 0, hi: int = 5) -> pd.DataFrame:
     return table
 
 
+def measure_histogram(frame: pd.DataFrame, by: str, threshold: float, lo: int = 1, hi: int = 5,
+                      step: float = 0.25) -> pd.DataFrame:
+    """Pairs per bin of the measure in use, each bin marked kept or discarded by the threshold: the threshold is
+    where the colour changes. Whole scores get a bar each; expected scores get bins of `step`."""
+    values = frame.get("expected_score") if by == "expected_score" else frame.get("score")
+    values = pd.to_numeric(values if values is not None else pd.Series(dtype=float), errors="coerce").dropna()
+    width = step if by == "expected_score" else 1.0
+    edges = [lo + i * width for i in range(int(round((hi - lo) / width)) + 1)]
+    binned = ((values - lo) / width).clip(lower=0).astype(int).clip(upper=len(edges) - 1) if len(values) else values
+    counts = binned.value_counts() if len(values) else pd.Series(dtype=int)
+    return pd.DataFrame({
+        "bin": [f"{edge:g}" for edge in edges],
+        "pairs": [int(counts.get(i, 0)) for i in range(len(edges))],
+        "side": ["kept" if edge >= threshold else "discarded" for edge in edges],
+    })
+
+
 def threshold_counts(scores, threshold: int) -> dict[str, int]:
     """How many pairs each curation level keeps: the paper's A4 and A5, and the chosen threshold."""
     valid = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").dropna()

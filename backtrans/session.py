@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from backtrans import backends
-from backtrans.curate import Filters, Workbench, histogram, page, record_html, threshold_counts
+from backtrans.curate import Filters, Workbench, measure_histogram, page, record_html, threshold_counts
 from backtrans.limits import JobGate, LimitError, Limits, day_ago
 from backtrans.owners import Owner, OwnershipError, check_hub_id, confined_path, on_space
 from backtrans.records import SAMPLE_PATH, RecordsError, dataframe_rows, load_records, preview_columns, resolve_columns
@@ -514,18 +514,31 @@ class Session:
     def review(self, filters: Filters, threshold: float, page_number: float = 1) -> ReviewView:
         bench = self.bench
         if bench is None or not len(bench):
-            empty = pd.DataFrame(columns=["row", "score", "reason", "instruction", "generation", "status"])
-            return ReviewView(empty, "Page 1 of 1", histogram(pd.DataFrame()), "")
+            empty = pd.DataFrame(columns=["row", "verdict", "score", "reason", "instruction", "generation"])
+            return ReviewView(empty, "Page 1 of 1", measure_histogram(pd.DataFrame(), "score", float(threshold)), "")
         view = bench.filtered(filters, float(threshold))
         shown, pages = page(view, int(page_number or 1), PAGE_SIZE)
-        counts = threshold_counts(bench.frame["score"], float(threshold))
-        kept = int(bench.with_decisions(float(threshold))["final_keep"].sum())
-        by = "expected score" if bench.keep_by == "expected_score" else "score"
-        summary = (f"Scored {counts['scored']} of {len(bench)} · kept ({by} ≥{float(threshold):g}): **{kept}** · "
-                   f"A4 (≥4): **{counts['A4']}** · A5 (=5): **{counts['A5']}**"
-                   + (f" · {len(bench.overrides)} overrides" if bench.overrides else ""))
+        threshold = float(threshold)
+        counts = threshold_counts(bench.frame["score"], threshold)
+        kept = int(bench.with_decisions(threshold)["final_keep"].sum())
+        measure = self.measure()
+        overrides = f" · {len(bench.overrides)} overrides" if bench.overrides else ""
+        if measure == "expected_score":
+            summary = (f"Measure: **expected score** (from the judge's digit probabilities) · kept at ≥{threshold:g}:"
+                       f" **{kept}** of {len(bench)} · scored {counts['scored']}{overrides}")
+        else:
+            paper = f" (the paper's A4: {counts['A4']}, A5: {counts['A5']})" if self.template.score_max == 5 else ""
+            summary = (f"Measure: **score** · kept at ≥{threshold:g}: **{kept}** of {len(bench)}{paper} · "
+                       f"scored {counts['scored']}{overrides}")
         info = f"Page {min(int(page_number or 1), pages)} of {pages} · {len(view)} rows match"
-        return ReviewView(shown, info, histogram(bench.frame), summary)
+        plot = measure_histogram(bench.frame, measure, threshold, self.template.score_min, self.template.score_max)
+        return ReviewView(shown, info, plot, summary)
+
+    def measure(self) -> str:
+        """The measure that decides keep: expected score only where the judge gave one."""
+        frame = self.bench.frame if self.bench is not None else None
+        has_expected = frame is not None and "expected_score" in frame and frame["expected_score"].notna().any()
+        return "expected_score" if self.keep_by == "expected_score" and has_expected else "score"
 
     def select(self, row_number: int | None) -> str:
         if self.bench is None or row_number is None or not 0 <= int(row_number) < len(self.bench):

@@ -63,7 +63,7 @@ def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path)
     expect(page.locator("#page-info")).to_contain_text("30 rows match")
 
     _set_number(page, "threshold", "5")
-    expect(page.locator("#threshold-counts")).to_contain_text(f"kept (score ≥5): {matching}")
+    expect(page.locator("#threshold-counts")).to_contain_text(f"kept at ≥5: {matching} of 30")
 
     _tab(page, "5 · Argilla")
     page.fill("#argilla-dataset textarea, #argilla-dataset input", "browser-flow")

@@ -97,7 +97,9 @@ def test_sample_is_scored_with_score_and_reason_and_a_done_line(workspace, fake_
     assert view.table["score"].notna().all() and view.table["reason"].str.len().gt(0).all()
     assert fake_llm.requests == 30 and int(view.histogram["pairs"].sum()) == 30
     kept = int((session.bench.frame["score"] >= 4).sum())
-    assert f"kept (score ≥4): **{kept}**" in view.summary
+    assert f"Measure: **score** · kept at ≥4: **{kept}** of 30" in view.summary
+    assert set(view.histogram.loc[view.histogram["bin"].astype(float) >= 4, "side"]) == {"kept"}
+    assert set(view.histogram.loc[view.histogram["bin"].astype(float) < 4, "side"]) == {"discarded"}
 
 
 def test_the_api_key_is_sent_but_never_shown(workspace, fake_llm):
