@@ -345,3 +345,12 @@ def test_backends_never_send_the_servers_key_to_a_url_a_visitor_typed(monkeypatc
         backends.choose("server")
     monkeypatch.setenv("BACKTRANS_SHARE_SERVER_KEY", "1")
     assert backends.choose("server").server_pays
+
+
+def test_on_a_space_each_owner_pushes_into_an_argilla_dataset_of_their_own(workspace, monkeypatch):
+    alice, anonymous = _session(workspace, "alice"), _session(workspace)
+    assert alice.argilla_dataset_name("review") == "review"  # a workstation: the name as given
+    monkeypatch.setenv("SPACE_ID", "team/backtrans")
+    assert alice.argilla_dataset_name("review") == "review-alice"
+    assert anonymous.argilla_dataset_name("review") == f"review-{anonymous.owner.slug}"
+    assert anonymous.owner.slug.startswith("anon-") and anonymous.argilla_dataset_name("").startswith("backtrans-")
