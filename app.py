@@ -255,7 +255,8 @@ def overrider(keep: bool | None):
     def handle(session: Session | None, *filters):
         if session is not None:
             session.override(keep)
-        return refresh_review(session, *filters)
+        view = refresh_review(session, *filters)
+        return *view, session.select(session.selected_row) if session is not None else ""
 
     return handle
 
@@ -548,7 +549,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                            api_name=False)
         results.select(select_row, [session_state, results], [detail, *override_buttons], api_name=False)
         for button, decision in ((keep_button, True), (discard_button, False), (clear_button, None)):
-            refresh_export(button.click(overrider(decision), [session_state, *filters], review_outputs,
+            refresh_export(button.click(overrider(decision), [session_state, *filters], [*review_outputs, detail],
                                         api_name=False))
 
         push_button.click(push_to_argilla, [session_state, argilla_dataset, argilla_workspace, threshold],

@@ -219,6 +219,11 @@ def record_html(row: dict) -> str:
               f"status {html.escape(str(row.get('status') or 'pending'))}"
               + (f" · expected {float(row['expected_score']):.2f}" if _has(row.get("expected_score")) else "")
               + "</p>")
+    if "final_keep" in row:
+        by = {"you": "you (override)", "reviewer": "a reviewer in Argilla"}.get(str(row.get("decided_by")), "the judge")
+        header += (f"<p><b>Verdict: {'keep' if row['final_keep'] else 'discard'}</b>, decided by {html.escape(by)}"
+                   + (f" · the judge says {_verdict(row.get('judge_keep'), 'judge') or 'nothing yet'}"
+                      if row.get("decided_by") != "judge" else "") + "</p>")
     parts = [header, block("Instruction", row.get("instruction")), block("Response", row.get("generation")),
              block("Judge's reason", row.get("reason")), block("Raw judge output", row.get("raw_output"))]
     if row.get("error"):

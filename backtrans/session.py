@@ -191,6 +191,7 @@ class Session:
         self.source_kind = ""
         self.pending_upload: tuple[str, str] | None = None
         self.selected_row: int | None = None
+        self.threshold = 4.0  # the last one the review used: the detail panel's verdict follows it
         self.template: Template = load_template(DEFAULT_TEMPLATE)
         self.keep_by = "expected_score" if self.template.logprobs else "score"
 
@@ -518,7 +519,7 @@ class Session:
             return ReviewView(empty, "Page 1 of 1", measure_histogram(pd.DataFrame(), "score", float(threshold)), "")
         view = bench.filtered(filters, float(threshold))
         shown, pages = page(view, int(page_number or 1), PAGE_SIZE)
-        threshold = float(threshold)
+        threshold = self.threshold = float(threshold)
         counts = threshold_counts(bench.frame["score"], threshold)
         kept = int(bench.with_decisions(threshold)["final_keep"].sum())
         measure = self.measure()
@@ -545,7 +546,7 @@ class Session:
             self.selected_row = None
             return ""
         self.selected_row = int(row_number)
-        return record_html(self.bench.frame.iloc[self.selected_row].to_dict())
+        return record_html(self.bench.with_decisions(self.threshold).iloc[self.selected_row].to_dict())
 
     def override(self, keep: bool | None) -> bool:
         """A reviewer's keep (True), discard (False) or reset (None) of the selected row; False if none is."""

@@ -125,8 +125,9 @@ def test_review_filters_sort_and_an_override_follows_the_row(workspace, fake_llm
     assert list(table["instruction"]) == ["What is the capital of Australia?"]
     low = int(session.review(Filters(0, 10, STATUSES, "", "score, low first"), 4).table.iloc[0]["row"])
     assert session.override(True) is False  # nothing selected: nothing recorded
-    session.select(low)
+    assert "Verdict: discard</b>, decided by the judge" in session.select(low)
     assert session.override(True)
+    assert "Verdict: keep</b>, decided by you (override) · the judge says discard" in session.select(low)
     view = session.review(ALL, 4)
     assert view.table.set_index("row").loc[low, "verdict"] == "keep (you)" and "1 overrides" in view.summary
     exported = session.export("jsonl", 4)
