@@ -201,17 +201,9 @@ class LLMClient:
                 elif not racer.cancelled():
                     racer.exception()  # retrieved, so a lost racer's error is not logged as unhandled
 
-    async def chat(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 512,
-        temperature: float = 0.0,
-        prefill: str = "",
-        logprobs: bool = False,
-        top_logprobs: int = 10,
-        system: str | None = None,
-    ) -> Completion:
+    def build_request(self, prompt: str, *, max_tokens: int = 512, temperature: float = 0.0, prefill: str = "",
+                      logprobs: bool = False, top_logprobs: int = 10, system: str | None = None) -> dict:
+        """The body of one chat completion request (also a line of a Batch API file)."""
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         if prefill:
@@ -225,6 +217,21 @@ class LLMClient:
         }
         if logprobs:
             request.update(logprobs=True, top_logprobs=top_logprobs)
+        return request
+
+    async def chat(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        prefill: str = "",
+        logprobs: bool = False,
+        top_logprobs: int = 10,
+        system: str | None = None,
+    ) -> Completion:
+        request = self.build_request(prompt, max_tokens=max_tokens, temperature=temperature, prefill=prefill,
+                                     logprobs=logprobs, top_logprobs=top_logprobs, system=system)
         attempt = 0
         while True:
             attempt += 1
@@ -260,6 +267,11 @@ class LLMClient:
     def _failure(self, message: str, attempts: int) -> LLMError:
         target = self.settings.base_url or "api.openai.com"
         return LLMError(redact(f"{message} (endpoint {target})", self.settings.api_key), attempts)
+
+    def completion_from(self, response: dict, prefill: str = "", latency_s: float = 0.0,
+                        attempts: int = 1) -> Completion:
+        """A reply that came some other way (a Batch API result line) read like one of ours."""
+        return self._completion(response, prefill, latency_s, attempts)
 
     def _completion(self, response: dict, prefill: str, latency: float, attempts: int) -> Completion:
         if not isinstance(response, dict) or not response.get("choices"):
