@@ -63,3 +63,29 @@ def test_batch_and_ray_do_not_mix(tmp_path, capsys):
     code = cli.main(["score", str(src), "-o", str(tmp_path / "o.jsonl"), "--batch", "--engine", "ray", "--model", "m",
                      "--store", str(tmp_path / "s.sqlite")])
     assert code == 2 and "--batch" in capsys.readouterr().err
+
+
+def test_the_vllm_run_batch_path_file_out_results_in(fake_llm, tmp_path, capsys):
+    """--batch-file writes what vLLM's run_batch reads; --batch-results ingests what it writes."""
+    import asyncio
+
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(50))
+    out, store, requests = tmp_path / "out.jsonl", tmp_path / "s.sqlite", tmp_path / "requests.jsonl"
+    base = ["score", str(src), "-o", str(out), "--model", "m", "--store", str(store), "--no-progress"]
+    assert cli.main([*base, "--batch-file", str(requests)]) == 0
+    lines = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert len(lines) == 50 and fake_llm.requests == 0
+
+    async def run_batch() -> list[str]:  # what run_batch does: each body to the server, one result line each
+        status_lines = []
+        for line in lines:
+            status, body, _ = await fake_llm._chat(line["body"], {})
+            status_lines.append(json.dumps({"id": "x", "custom_id": line["custom_id"],
+                                            "response": {"status_code": status, "body": body}, "error": None}))
+        return status_lines
+
+    (tmp_path / "results.jsonl").write_text("\n".join(asyncio.run(run_batch())) + "\n")
+    assert cli.main([*base, "--batch-results", str(tmp_path / "results.jsonl")]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["score"] for r in rows] == [i % 5 + 1 for i in range(50)] and [r["id"] for r in rows] == list(range(50))
+    assert "results from results.jsonl" in capsys.readouterr().err

@@ -233,3 +233,32 @@ def _result_lines(client, batches: list) -> Iterator[str]:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 yield from client.files.content(file_id).text.splitlines()
+
+
+def write_file(job: FileJob, path: str | Path) -> int:
+    """Only step 1: the requests file, for vLLM's `run_batch` or a provider's console. Returns its line count."""
+    store = RunStore(job.store_path)
+    try:
+        return write_requests(job, store, Path(path))
+    finally:
+        store.close()
+
+
+def ingest_file(job: FileJob, results: str | Path, on_progress: Callable[[Progress], None] | None = None,
+                total: int | None = None, run_id: str | None = None) -> tuple[str, Progress, str]:
+    """Only step 4: a results file (vLLM's `run_batch -o`, or one downloaded) into the store and the output."""
+    total = job.validate() if total is None else total
+    store = RunStore(job.store_path)
+    try:
+        config = {**job.run_config(), "engine": "batch"}
+        run_id = run_id or store.find_run(job.task.kind, config) or store.start_run(
+            job.task.kind, config, parent=job.parent_run_id)
+        progress = Progress(total=total)
+        with Path(results).open(encoding="utf-8") as handle:
+            ingest(job, store, run_id, handle, progress, on_progress,
+                   missing_error=f"no result for this row in {Path(results).name}")
+        progress.finished = time.monotonic()
+        store.finish_run(run_id)
+        return run_id, progress, f"results from {Path(results).name}"
+    finally:
+        store.close()
