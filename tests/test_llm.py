@@ -115,3 +115,106 @@ def test_cache_identity_ignores_the_port_of_a_local_server():
     assert first.cache_identity() != LLMSettings(base_url="http://127.0.0.1:41000/v1", model="other").cache_identity()
     remote = LLMSettings(base_url="https://a.example/v1", model="qwen").cache_identity()
     assert remote != LLMSettings(base_url="https://b.example/v1", model="qwen").cache_identity() != first
+
+
+# --- transports: the lean aiohttp POST and the openai SDK behave alike ---------------------------------------
+
+TRANSPORTS = ["lean", "openai-aiohttp", "openai-httpx"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_transport_gives_the_same_replies_and_errors(fake_llm, transport):
+    from backtrans.llm import _LeanTransport, _SDKTransport
+
+    settings = _settings(fake_llm, transport=transport, max_retries=1, api_key="sk-transport-0123456789")
+    client = LLMClient(settings)
+    assert isinstance(client.transport, _LeanTransport if transport == "lean" else _SDKTransport)
+    asyncio.run(client.close())
+    (ok,), _ = _run(settings, ["Score this [[score=2]]"], prefill="Score: ", logprobs=True)
+    assert ok.text.startswith("Score: 2") and ok.prompt_tokens > 0 and ok.logprobs
+    assert fake_llm.api_keys["sk-transport-0123456789"] == 1
+    fake_llm.config.rate_429 = 1.0
+    (limited,), retries = _run(settings, ["p"])
+    assert isinstance(limited, LLMError) and str(limited).startswith("HTTP 429: ") and retries == 1
+    assert "injected 429" in str(limited)
+    fake_llm.config.rate_429 = 0.0
+    (missing,), _ = _run(_settings(fake_llm, transport=transport, base_url=fake_llm.url.replace("/v1", "/nope")),
+                         ["p"])
+    assert isinstance(missing, LLMError) and str(missing).startswith("HTTP 404: ") and "no route" in str(missing)
+    fake_llm.config.rate_hang, fake_llm.config.hang_s = 1.0, 3
+    (hung,), _ = _run(_settings(fake_llm, transport=transport, timeout_s=0.3, max_retries=0, hedge=False), ["p"])
+    assert isinstance(hung, LLMError) and str(hung).startswith("timeout after 1 attempts")
+    (refused,), _ = _run(LLMSettings(base_url="http://127.0.0.1:9/v1", model="m", max_retries=0,
+                                     transport=transport), ["p"])
+    assert isinstance(refused, LLMError) and str(refused).startswith("connection error after 1 attempts")
+
+
+def test_garbage_json_is_a_malformed_response(fake_llm, tmp_path):
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!")
+        connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    (result,), _ = _run(LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=0), ["p"])
+    listener.close()
+    assert isinstance(result, LLMError) and "malformed response" in str(result)
+
+
+# --- hedged requests ----------------------------------------------------------------------------------------------
+
+
+def _hedged(fake, prompts: list[str], **settings):
+    async def go():
+        client = LLMClient(_settings(fake, **settings))
+        try:
+            results = await asyncio.gather(*(client.chat(p) for p in prompts), return_exceptions=True)
+            return results, client.stats()
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_a_hedge_answers_for_a_slow_request_within_the_budget(fake_llm):
+    fake_llm.config.latency_s = 0.01
+    fake_llm.config.tail_rate = 0.03
+    fake_llm.config.tail_s = 2.0
+    results, stats = _hedged(fake_llm, [f"h{i} Score" for i in range(300)], concurrency=8)
+    assert all(not isinstance(r, Exception) for r in results)
+    assert stats["hedges"] > 0 and stats["hedge_wins"] > 0
+    assert sum(r.hedged for r in results) == stats["hedge_wins"]
+    assert stats["hedges"] <= 0.05 * (stats["requests"] - stats["hedges"])  # the budget holds
+    assert all(r.latency_s < 1.5 for r in results if r.hedged)  # the duplicate answered, not the slow one
+
+
+def test_no_hedge_sends_exactly_one_request_per_call(fake_llm):
+    fake_llm.config.tail_rate = 0.1
+    fake_llm.config.tail_s = 0.5
+    results, stats = _hedged(fake_llm, [f"n{i}" for i in range(100)], concurrency=16, hedge=False)
+    assert stats["hedges"] == 0 and stats["requests"] == fake_llm.requests == 100
+    assert not any(r.hedged for r in results)
+
+
+def test_the_hedge_delay_is_a_high_percentile_and_never_below_twice_the_median():
+    from backtrans.llm import _Hedger
+
+    hedger = _Hedger(LLMSettings(hedge_min_s=0.01))
+    for _ in range(19):
+        hedger.observe(0.1)
+    assert hedger.delay is None  # too few samples to judge what is late
+    hedger.observe(0.1)
+    assert hedger.delay == pytest.approx(0.2)  # an even latency: twice the median, not the 95th percentile
+    for latency in [0.1] * 90 + [3.0] * 10:
+        hedger.observe(latency)
+    assert hedger.delay == pytest.approx(3.0)  # a heavy tail: its 95th percentile
+    assert not hedger.allow(primaries=100, hedges=5) and hedger.allow(primaries=100, hedges=4)
