@@ -1,0 +1,69 @@
+"""`--engine ray`: a local Ray cluster, started by the CLI, against the fake server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, write_jsonl
+
+pytest.importorskip("ray")
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV.pop("RAY_ADDRESS", None)
+
+
+def _score(server, src, out, store, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "backtrans", "score", str(src), "-o", str(out), "--base-url", server.url,
+         "--model", "m", "--store", str(store), "--engine", "ray", "--concurrency", "32", "--no-progress", *extra],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_2000_pairs_on_a_local_ray_cluster_in_order_then_a_rerun_makes_no_request(fake_process, tmp_path):
+    server = fake_process("--latency", "0.02")
+    rows = [{"id": i, "instruction": f"ray {i}: explain [[score={i % 5 + 1}]]", "generation": f"answer {i}"}
+            for i in range(2000)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out, store = tmp_path / "out.jsonl", tmp_path / "s.sqlite"
+    done = _score(server, src, out, store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in scored] == list(range(2000))  # in input order
+    assert [r["score"] for r in scored] == [i % 5 + 1 for i in range(2000)]
+    assert all(r["status"] == "ok" for r in scored)
+    first = server.stats()["requests"]
+    assert 2000 <= first <= 2000 * 1.05  # one request per pair (a few hedges at most)
+    shards = sorted((tmp_path / "s.sqlite.shards").glob("shard-*.sqlite"))
+    assert shards, "each actor keeps its own store shard"
+    assert "Done: 2000 rows in" in done.stderr
+
+    again = _score(server, src, tmp_path / "again.jsonl", store)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert server.stats()["requests"] == first  # a rerun finds every row in the shards
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+    assert "2000 from the store" in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_parquet_in_and_a_folder_of_parquet_shards_out(fake_process, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    server = fake_process()
+    rows = [{"prompt": f"pq {i} [[score={i % 5 + 1}]]", "response": f"a{i}", "n": i} for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    done = _score(server, tmp_path / "in.parquet", tmp_path / "scored", tmp_path / "s.sqlite")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pq.read_table(tmp_path / "scored")
+    assert table.num_rows == 300 and {"instruction", "generation", "score", "status"} <= set(table.column_names)
+    assert sorted(table.column("n").to_pylist()) == list(range(300))
+    by_n = dict(zip(table.column("n").to_pylist(), table.column("score").to_pylist(), strict=True))
+    assert all(by_n[i] == i % 5 + 1 for i in range(300))
