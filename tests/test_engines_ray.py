@@ -67,3 +67,41 @@ def test_parquet_in_and_a_folder_of_parquet_shards_out(fake_process, tmp_path):
     assert sorted(table.column("n").to_pylist()) == list(range(300))
     by_n = dict(zip(table.column("n").to_pylist(), table.column("score").to_pylist(), strict=True))
     assert all(by_n[i] == i % 5 + 1 for i in range(300))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_generate_and_augment_take_the_ray_engine_too(fake_process, tmp_path):
+    server = fake_process()
+    common = ["--base-url", server.url, "--model", "m", "--concurrency", "8", "--no-progress", "--engine", "ray"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "backtrans", *args, *common], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=600)
+
+    asked = [{"instruction": f"question {i}", **({"generation": "kept"} if i % 3 == 0 else {})} for i in range(60)]
+    write_jsonl(tmp_path / "asked.jsonl", asked)
+    done = run("generate", str(tmp_path / "asked.jsonl"), "-o", str(tmp_path / "answered.jsonl"),
+               "--store", str(tmp_path / "g.sqlite"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    answered = [json.loads(line) for line in (tmp_path / "answered.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in answered] == [r["instruction"] for r in asked]
+    assert all(r["generation"] == "kept" for r in answered[::3])  # rows with a response keep it, uncalled
+    assert all(r["generation"].startswith("A response") for i, r in enumerate(answered) if i % 3)
+    assert server.stats()["requests"] == 40
+
+    import random
+
+    words = ("yeast flour river granite orbit violin copper tide maple lantern harbor cipher meadow falcon "
+             "quartz ember glacier saffron tundra beacon").split()
+    rng = random.Random(5)
+    documents = [{"text": f"# Topic {i}\n" + " ".join(rng.choice(words) for _ in range(60)) + f" Number {i}."}
+                 for i in range(12)]
+    write_jsonl(tmp_path / "docs.jsonl", documents)
+    done = run("augment", str(tmp_path / "docs.jsonl"), "-o", str(tmp_path / "candidates.jsonl"),
+               "--store", str(tmp_path / "a.sqlite"), "--min-chars", "100")
+    assert done.returncode == 0, done.stderr[-3000:]
+    candidates = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    assert candidates and all(c["instruction"] for c in candidates)
+    assert [c["generation"] for c in candidates] == sorted((c["generation"] for c in candidates),
+                                                           key=lambda g: int(g.rsplit(" ", 1)[1].rstrip(".")))
