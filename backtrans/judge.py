@@ -55,16 +55,10 @@ def _check(value: str, scale: str | None, lo: int, hi: int) -> tuple[int | None,
 
 
 def _reason_without(text: str, start: int, end: int) -> str:
-    line_start = text.rfind("\n", 0, start) + 1
-    line_end = text.find("\n", end)
-    line_end = len(text) if line_end == -1 else line_end
-    before = text[:line_start].strip()
-    after = text[line_end:].strip()
-    if before:
-        return before
-    # Score-first replies: the reason is what follows, on the same line or below it.
-    rest_of_line = text[end:line_end].strip(" *_.:-")
-    return "\n".join(part for part in (rest_of_line, after) if part).strip()
+    """The reply without its score statement, wherever it sits: before the reason, after it, or on its line."""
+    before = text[:start].rstrip(" \t*_#>-:=([")
+    after = text[end:].lstrip(" \t*_.:;,-=)]")
+    return "\n".join(part.strip() for part in (before, after) if part.strip())
 
 
 def parse_score(raw: str | None, lo: int = 1, hi: int = 5) -> ParsedScore:

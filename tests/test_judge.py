@@ -53,9 +53,26 @@ def test_parse_score_shapes(reply, expected):
         assert parsed.error
 
 
-def test_parse_keeps_reason_before_and_after_the_score():
-    assert parse_score("It is clear and correct.\nScore: 5").reason == "It is clear and correct."
-    assert parse_score("Score: 2\nIt misses the question.").reason == "It misses the question."
+# (reply, the reason the parser must keep): the reason is the reply without its score statement.
+REASONS = [
+    ("It is clear and correct.\nScore: 5", "It is clear and correct."),
+    ("Score: 2\nIt misses the question.", "It misses the question."),
+    ("The answer is correct and on-topic. Score: 5", "The answer is correct and on-topic."),
+    ("Score: 4. It answers the question with a worked example.", "It answers the question with a worked example."),
+    ("Score: 2 - it misses the point.", "it misses the point."),
+    ("**Score: 3** Accurate but terse.", "Accurate but terse."),
+    ("Reason: the code runs and explains itself (Score: 5)", "Reason: the code runs and explains itself"),
+    ("The list is complete; Score: 4/5; tone is fine.", "The list is complete;\ntone is fine."),
+    ("Good.\n**Score:** 5", "Good."),
+    ("Decent answer.\n4", "Decent answer."),
+    ("At first I thought Score: 2, but on reflection\nScore: 4", "At first I thought Score: 2, but on reflection"),
+]
+
+
+@pytest.mark.parametrize(("reply", "reason"), REASONS)
+def test_parse_keeps_every_reason_wherever_the_score_sits(reply, reason):
+    parsed = parse_score(reply)
+    assert parsed.score is not None and parsed.reason == reason
 
 
 def test_parse_respects_the_template_range():
