@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/hedging.py tail      # 2000 pairs, 0.25 s latency, 2% of requests 5 s slower, c = 64
     .venv/bin/python bench/hedging.py soak      # the issue's fault mix at default settings (timeout 120 s)
+    .venv/bin/python bench/hedging.py buffer    # memory: 50,000 rows pass a first row that takes 40 s
     .venv/bin/python bench/hedging.py tail soak --markdown bench/out/hedging.md
 
 Every run is the whole `python -m backtrans score ...` command against tests/fakellm.py in its own process, from
@@ -80,15 +81,50 @@ def table(title: str, runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def buffer_runs(work: Path, n: int, head_s: float) -> list[str]:
+    """Peak RSS with and without a slow first row: the reorder buffer holds keys, not rows."""
+    print(f"buffer: {n} rows at no latency, concurrency 64, --no-hedge; the first row takes {head_s:g} s or not")
+    runs = []
+    server = FakeServer(0.0)
+    try:
+        for slow in (False, True):
+            pairs = work / f"buffer-{slow}.jsonl"
+            write_pairs(pairs, n)
+            if slow:
+                text = pairs.read_text().split("\n", 1)
+                first = json.loads(text[0])
+                first["instruction"] += f" [[hang={head_s:g}]]"
+                pairs.write_text(json.dumps(first) + "\n" + text[1])
+            server.reset()
+            store = work / f"buffer-{slow}.sqlite"
+            store.unlink(missing_ok=True)
+            m = measure(our_cli(pairs, work / "buffer.jsonl", store, server.url, 64) + ["--no-hedge"], server)
+            if m.returncode != 0:
+                raise RuntimeError(f"CLI failed:\n{m.stderr[-2000:]}")
+            summary = parse_summary(m.stderr)
+            runs.append((slow, m.wall_s, m.maxrss_kb / 1024, summary["ok"], m.other_cores))
+            print(f"  first row {'slow' if slow else 'fast'}: wall {m.wall_s:.1f}s, peak RSS "
+                  f"{m.maxrss_kb / 1024:.0f} MB, {summary['ok']} ok, other load {m.other_cores:.2f}", flush=True)
+    finally:
+        server.stop()
+    lines = [f"**Reorder buffer**: {n:,} rows, no latency, concurrency 64, `--no-hedge`", "",
+             "| first row | wall s | peak RSS MB | ok | other load |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {f'takes {head_s:g} s' if slow else 'as fast as the rest'} | {wall:.1f} | {rss:.0f} | {ok} | "
+              f"{other:.2f} |" for slow, wall, rss, ok, other in runs]
+    return lines + [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="+", choices=["tail", "soak"])
+    parser.add_argument("what", nargs="+", choices=["tail", "soak", "buffer"])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.25)
     parser.add_argument("--tail-rate", type=float, default=0.02)
     parser.add_argument("--tail", type=float, default=5.0, help="extra seconds for the slow requests")
     parser.add_argument("--hang", type=float, default=300.0, help="soak: how long a hung request hangs")
+    parser.add_argument("--buffer-rows", type=int, default=50_000)
+    parser.add_argument("--head-s", type=float, default=40.0, help="buffer: how long the first row takes")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hedging"))
     parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
@@ -127,6 +163,8 @@ def main() -> int:
         lines += table(f"Fault soak: {args.rows} pairs, {args.latency} s latency, 25% 429s, 15% 500s, 5% hangs of "
                        f"{args.hang:g} s (past the 120 s timeout), 5% garbage; concurrency {args.concurrency}, "
                        "every other setting at its default", runs)
+    if "buffer" in args.what:
+        lines += buffer_runs(work, args.buffer_rows, args.head_s)
     print("\n" + "\n".join(lines))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
