@@ -135,7 +135,10 @@ def read_documents(source: str | Path, config: str | None = None, split: str | N
             yield str(file.relative_to(path) if path.is_dir() else file.name), text, DOCUMENT_SUFFIXES[
                 file.suffix.lower()]
         return
-    for index, located in enumerate(iter_rows(source, mapping, ("text",), config=config, split=split), start=1):
+    # Repeated documents are not an input error here: the exact and near-duplicate filters drop them and
+    # count them in the report, which the records-level check would stop before they are seen.
+    rows = iter_rows(source, mapping, ("text",), config=config, split=split, check_duplicates=False)
+    for index, located in enumerate(rows, start=1):
         row = located.row
         doc_id = str(row.get("id") or row.get("doc_id") or row.get("url") or f"doc-{index}")
         yield doc_id, row["text"], _guess_kind(row["text"], str(row.get("format") or ""))

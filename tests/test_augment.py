@@ -143,3 +143,18 @@ def test_a_segment_repeated_across_files_is_caught(tmp_path):
     report = A.FilterReport()
     rows = list(A.candidate_rows([tmp_path / "a.md", tmp_path / "b.md"], A.FilterSettings(min_chars=50), report))
     assert [row["source"] for row in rows] == ["a.md"] and report.removed["exact_duplicate"] == 1
+
+
+@pytest.mark.parametrize("flags", [[], ["--drop-duplicates"]])
+def test_a_document_repeated_in_jsonl_is_filtered_and_counted(fake_llm, tmp_path, capsys, flags):
+    # Repeated documents are what augment's own duplicate filters are for: not a records error.
+    bread = f"# Bread\n{PARAGRAPH}"
+    plants = "# Plants\n" + "Leaves turn sunlight into sugar. " * 10
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": bread}, {"text": plants}, {"text": bread}])
+    out = tmp_path / "candidates.jsonl"
+    assert main(["augment", str(src), "-o", str(out), "--min-chars", "100", "--base-url", fake_llm.url,
+                 "--model", "fake", "--store", str(tmp_path / "s.sqlite"), "--no-progress", *flags]) == 0
+    err = capsys.readouterr().err
+    assert "exact duplicate 1" in err and "2 kept" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["source"] for row in rows] == ["doc-1", "doc-2"]
