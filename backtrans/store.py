@@ -222,6 +222,28 @@ class RunStore:
                 )
                 self.db.execute("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)", (run_id, key))
 
+    def record_many(self, run_id: str, items: list[tuple[str, dict, dict | None]]) -> None:
+        """`record` for several rows (key, result, call) in one transaction: a group commit."""
+        now = time.time()
+        calls = [
+            (run_id, key, call.get("model"), result["status"], result.get("raw_output"),
+             call.get("prompt_tokens", 0), call.get("completion_tokens", 0), call.get("latency_s", 0.0),
+             call.get("attempts", 1), result.get("error") or None, now)
+            for key, result, call in items if call is not None
+        ]
+        finished = [(key, result) for key, result, _ in items if result["status"] in CACHEABLE]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO calls(run_id, key, model, status, raw_output, prompt_tokens, completion_tokens,"
+                " latency_s, attempts, error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)", calls)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO results(key, run_id, status, result, created) VALUES (?,?,?,?,?)",
+                [(key, run_id, result["status"], json.dumps(result, ensure_ascii=False), now)
+                 for key, result in finished])
+            self.db.executemany("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)",
+                                [(run_id, key) for key, _ in finished])
+
     def link(self, run_id: str, key: str) -> None:
         """A cached result that also belongs to this run (for the run's own summary)."""
         self.db.execute("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)", (run_id, key))

@@ -122,3 +122,42 @@ def test_resume_by_run_id_reuses_the_runs_settings(fake_llm, tmp_path, capsys):
     assert fake_llm.requests == 5
     assert main(["runs", "--store", str(store)]) == 0
     assert run_id in capsys.readouterr().out
+
+
+def test_review_plan_estimate_and_a_calibrated_curate(tmp_path, capsys):
+    import random
+
+    rng = random.Random(7)
+    rows = []
+    for i in range(2000):
+        expected = rng.uniform(1, 5)
+        rows.append({"instruction": f"q{i}", "generation": f"a{i}", "score": round(expected),
+                     "expected_score": expected, "truth": rng.random() < (expected - 1) / 4})
+    scored = write_jsonl(tmp_path / "scored.jsonl", rows)
+    assert main(["review", "plan", str(scored), "-o", str(tmp_path / "plan.jsonl"), "--budget", "300",
+                 "--seed", "1", "--threshold", "3.8"]) == 0
+    assert "stratified by expected score" in capsys.readouterr().err
+    plan = [json.loads(line) for line in (tmp_path / "plan.jsonl").read_text().splitlines()]
+    assert len(plan) == 300 and len({p["instruction"] for p in plan}) == 300
+    assert all({"stratum", "inclusion_prob", "overlap"} <= set(p) for p in plan)
+
+    planned = {p["instruction"] for p in plan}  # reviewers label the plan with the truth
+    for row in rows:
+        row["human_keep"] = row["truth"] if row["instruction"] in planned else None
+    reviewed = write_jsonl(tmp_path / "reviewed.jsonl", rows)
+    report_path = tmp_path / "report.json"
+    assert main(["review", "estimate", str(reviewed), "--target-precision", "0.75", "--json", str(report_path)]) == 0
+    assert "P(precision >= 75%)" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert {"threshold", "by", "kept", "reviewed", "precision", "recall"} <= set(report)
+    assert report["by"] == "expected_score" and report["reviewed"] == 300 and report["precision"]["low"] >= 0.75
+
+    assert main(["curate", str(reviewed), "-o", str(tmp_path / "kept.jsonl"), "--threshold-from",
+                 str(report_path)]) == 0
+    kept = {json.loads(line)["instruction"] for line in (tmp_path / "kept.jsonl").read_text().splitlines()}
+    for row in rows:  # a reviewer's decision wins; the calibrated threshold decides the rest
+        expected = row["human_keep"] if row["human_keep"] is not None else row["expected_score"] >= report["threshold"]
+        assert (row["instruction"] in kept) == expected
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["curate", str(reviewed), "-o", str(tmp_path / "x.jsonl"), "--threshold-from",
+                 str(tmp_path / "bad.json")]) == 2

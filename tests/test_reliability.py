@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,9 @@ def test_2000_pairs_through_429s_500s_hangs_and_garbage(fake_process, tmp_path):
     assert all(r["error"] for r in rows if r["status"] == "llm_error")
     stats = server.stats()
     retries = int(done.stderr.rsplit("retries ", 1)[1].split()[0])
-    assert stats["requests"] == 2000 + retries and retries > 300
+    hedges = int(re.search(r"hedges (\d+)", done.stderr).group(1))
+    # a hedge cancelled before it was sent never reaches the server: at most `hedges` extra requests
+    assert 2000 + retries <= stats["requests"] <= 2000 + retries + hedges and retries > 300
     assert wall < 180
     print(f"\n2000 pairs with faults: {statuses}, {retries} retries, server saw {stats['statuses']}, "
           f"wall {wall:.1f}s")
