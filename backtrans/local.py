@@ -1,7 +1,9 @@
 """The embedded default: a local llama.cpp server (xllamacpp) on a GGUF model shipped in a PyPI wheel.
 
 Servers run as their own processes, so the app and the CLI can come and go. Each writes its PID and
-port to the state folder (BACKTRANS_HOME, default ./.backtrans); `down` stops them by PID.
+port to the state folder (BACKTRANS_HOME, default ./.backtrans); `down` stops them by PID. `make run`
+starts the app through `exec_app`, which records the app's PID and command line there too, so `down`
+stops the app as well (and only the app: a PID whose command line differs is left alone).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = os.environ.get("BACKTRANS_LOCAL_MODEL", "qwen2.5-coder-1.5b")
@@ -393,9 +396,68 @@ def up(model: str = DEFAULT_MODEL, argilla: bool = True) -> dict:
     return state
 
 
+# --- the app (make run) ------------------------------------------------------------------------------
+
+APP_SCRIPT = ROOT / "app.py"
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The process's argv, or None where it cannot be read (gone, or no /proc)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def _is_our_app(info: dict | None) -> bool:
+    # A PID alone is not enough: after the app exits, the system may give its PID to another process.
+    return bool(info) and _alive(info["pid"]) and _cmdline(info["pid"]) == info.get("argv")
+
+
+def record_app(pid: int, argv: list[str], url: str) -> None:
+    state = read_state()
+    state["app"] = {"pid": pid, "argv": argv, "url": url}
+    _write_state(state)
+
+
+def exec_app(script: Path = APP_SCRIPT, args: tuple[str, ...] = ()) -> NoReturn:
+    """Becomes the app: exec keeps this process's PID, so the PID recorded here is the app's own."""
+    info = read_state().get("app")
+    if _is_our_app(info):
+        raise LocalError(f"the app is already running (pid {info['pid']}) at {info['url']}; "
+                         "stop it first with `make down`")
+    argv = [sys.executable, str(script), *args]
+    record_app(os.getpid(), argv, f"http://127.0.0.1:{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def stop_app(info: dict, timeout_s: float = 10.0) -> bool:
+    """Stops the recorded app if that PID is still the app; True if it was running."""
+    if not _is_our_app(info):
+        return False
+    pid = info["pid"]
+    # The app shares make's process group (unlike the servers), so signal the process, not its group.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        if _is_our_app(info):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
 def down() -> list[str]:
     stopped = []
-    for name, info in read_state().items():
+    state = read_state()
+    app = state.pop("app", None)
+    if app and stop_app(app):  # first: it is the servers' client
+        stopped.append("app")
+    for name, info in state.items():
         for pid in reversed(list(_pids(info).values())):
             if _alive(pid):
                 stop_pid(pid)
@@ -407,6 +469,9 @@ def down() -> list[str]:
 def status() -> dict[str, str]:
     lines = {}
     for name, info in read_state().items():
+        if name == "app":
+            lines[name] = f"{'running' if _is_our_app(info) else 'stopped'} at {info['url']} (pid {info['pid']})"
+            continue
         where = info.get("base_url") or info.get("url", "")
         lines[name] = f"{'running' if _running(info) else 'stopped'} at {where} (pids {list(_pids(info).values())})"
     if external_argilla():

@@ -1,8 +1,10 @@
 """The embedded default against the real llama.cpp server and the smallest packaged model."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,3 +75,57 @@ def local_state(home) -> dict:
     import json
 
     return json.loads((home / "servers.json").read_text())
+
+
+def _local_cli(home, *args: str) -> str:
+    env = {**os.environ, "BACKTRANS_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "backtrans", "local", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_local_down_stops_the_app_that_make_run_recorded(tmp_path):
+    # What `make run` does, with a stand-in for app.py: exec_app records the PID, then execs the script.
+    script = tmp_path / "stand_in_app.py"
+    script.write_text("import time\nprint('serving', flush=True)\ntime.sleep(120)\n")
+    env = {**os.environ, "BACKTRANS_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    app = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from backtrans import local; "
+                               f"local.exec_app(Path({str(script)!r}))"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert app.stdout.readline() == "serving\n"  # the script runs in the very process that was started
+        recorded = local_state(tmp_path)["app"]
+        assert recorded["pid"] == app.pid
+        assert recorded["argv"] == [sys.executable, str(script)]
+        assert "app: running at http://127.0.0.1:" in _local_cli(tmp_path, "status")
+
+        # A second app would fight over the port: refused while the first runs.
+        second = subprocess.run([sys.executable, "-m", "backtrans", "local", "app"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"already running (pid {app.pid})" in second.stderr
+
+        assert "stopped app" in _local_cli(tmp_path, "down")
+        assert app.wait(timeout=15) == -signal.SIGTERM
+        assert "app" not in local_state(tmp_path)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+
+
+def test_local_down_leaves_a_process_that_only_shares_the_recorded_pid(tmp_path, monkeypatch):
+    # The app exited and the system gave its PID to something else: its command line tells them apart.
+    monkeypatch.setenv("BACKTRANS_HOME", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        local.record_app(other.pid, [sys.executable, str(local.APP_SCRIPT)], "http://127.0.0.1:7860")
+        assert local.status()["app"].startswith("stopped")
+        assert local.down() == []
+        time.sleep(0.2)
+        assert other.poll() is None  # still running
+        assert local.read_state() == {}
+    finally:
+        other.kill()
+        other.wait()
