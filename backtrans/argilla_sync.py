@@ -7,10 +7,14 @@ duplicate, and the reviewers' responses stay. The reason the judge gave is a fie
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from backtrans.export import judge_keeps
@@ -21,6 +25,11 @@ from backtrans.templates import Template, load_template
 DEFAULT_WORKSPACE = "backtrans"
 POLICIES = ("majority", "unanimous", "any-discard")
 KEEP, DISCARD = "keep", "discard"
+# A hash of what was pushed, kept as unindexed extra metadata: a rerun skips records the server already holds
+# unchanged, and still updates those whose verdict changed.
+PUSH_HASH = "backtrans_push"
+PAGE = 1000  # the server's largest page for listing records
+GUIDELINES_MAX = 10000  # argilla-server rejects longer guidelines
 
 
 class ArgillaError(RuntimeError):
@@ -55,6 +64,15 @@ def _failure(config: ArgillaConfig, action: str, exc: BaseException) -> ArgillaE
     return ArgillaError(f"{action} at Argilla {config.url} failed: {hint}. Local results are intact; retry later.")
 
 
+@contextmanager
+def _quiet_lookups() -> Iterator[None]:
+    """The SDK warns when a lookup finds nothing; on a first push that is expected, not news for the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Workspace with name .* not found")
+        warnings.filterwarnings("ignore", message=r"Dataset with name .* not found in workspace")
+        yield
+
+
 def connect(config: ArgillaConfig):
     import argilla as rg
 
@@ -69,22 +87,30 @@ def connect(config: ArgillaConfig):
 # --- settings -----------------------------------------------------------------------------------------
 
 
-def guidelines(template: Template) -> str:
+def guidelines(template: Template, design: str | None = None) -> str:
     rubric = template.render(instruction="<instruction>", generation="<answer>")
-    return (
+    text = (
         "Decide whether each answer is a good example of how an AI Assistant should respond to the instruction.\n\n"
         "**keep** it if it would be a good training example, **discard** it if not. Rate it on the same scale "
         f"the LLM judge used ({template.score_min}-{template.score_max}). The judge's score and reason are "
         "pre-filled as suggestions: accept them or override them.\n\n"
         f"The judge's rubric (template `{template.name}`):\n\n```\n{rubric.strip()}\n```"
     )
+    if design and design.strip():
+        heading = "\n\n**How these records were chosen**\n\n"
+        room = GUIDELINES_MAX - len(text) - len(heading)
+        body = design.strip()
+        if len(body) > room:  # the server refuses the whole dataset otherwise
+            body = body[: max(0, room - 1)] + "…"
+        text += heading + body
+    return text
 
 
-def dataset_settings(template: Template):
+def dataset_settings(template: Template, design: str | None = None, overlap: int = 1):
     import argilla as rg
 
     return rg.Settings(
-        guidelines=guidelines(template),
+        guidelines=guidelines(template, design),
         fields=[
             rg.TextField(name="instruction", title="Instruction"),
             rg.TextField(name="generation", title="Response"),
@@ -108,8 +134,17 @@ def dataset_settings(template: Template):
             rg.IntegerMetadataProperty(name="instruction_length"),
             rg.IntegerMetadataProperty(name="generation_length"),
         ],
-        distribution=rg.TaskDistribution(min_submitted=1),
+        distribution=rg.TaskDistribution(min_submitted=overlap),
+        allow_extra_metadata=True,  # holds PUSH_HASH without indexing it
     )
+
+
+def plan_metadata() -> list:
+    """Properties for the review plan's columns, added to a dataset when pushed rows carry them."""
+    import argilla as rg
+
+    return [rg.TermsMetadataProperty(name="stratum", title="Sample stratum"),
+            rg.FloatMetadataProperty(name="inclusion_prob", title="Inclusion probability", min=0.0, max=1.0)]
 
 
 def _shape(settings) -> dict[str, tuple[str, ...]]:
@@ -165,17 +200,38 @@ def to_record(row: dict, template: Template, threshold: float, run_id: str | Non
         metadata["llm_score"] = int(score)
     if (expected := _number(row.get("expected_score"))) is not None:
         metadata["expected_score"] = min(float(template.score_max), max(float(template.score_min), expected))
+    metadata.update(_plan_values(row))
     fields = {"instruction": row["instruction"], "generation": row["generation"]}
     if row.get("reason"):
         fields["judge_reason"] = str(row["reason"])
-    suggestions = []
+    suggested: list[tuple] = []
     if score is not None:
         keep = bool(judge_keeps(row, threshold, by))
-        suggestions = [
-            rg.Suggestion("keep", KEEP if keep else DISCARD, score=_confidence(row, template, keep), agent=model),
-            rg.Suggestion("score", int(score), score=_confidence(row, template, True), agent=model),
-        ]
+        suggested = [("keep", KEEP if keep else DISCARD, _confidence(row, template, keep), model),
+                     ("score", int(score), _confidence(row, template, True), model)]
+    metadata[PUSH_HASH] = _push_hash(fields, metadata, suggested)
+    suggestions = [rg.Suggestion(name, value, score=confidence, agent=agent)
+                   for name, value, confidence, agent in suggested]
     return rg.Record(id=record_id(row), fields=fields, metadata=metadata, suggestions=suggestions)
+
+
+def _plan_values(row: dict) -> dict:
+    values: dict = {}
+    stratum = row.get("stratum")
+    if stratum is not None and not (isinstance(stratum, float) and math.isnan(stratum)):
+        values["stratum"] = str(stratum)
+    if row.get("inclusion_prob") is not None:
+        prob = _number(row["inclusion_prob"])
+        if prob is None or not 0 < prob <= 1:
+            raise ValueError(f"inclusion_prob must be a number in (0, 1], not {row['inclusion_prob']!r}")
+        values["inclusion_prob"] = prob
+    return values
+
+
+def _push_hash(fields: dict, metadata: dict, suggestions: list[tuple]) -> str:
+    payload = json.dumps([fields, {k: v for k, v in metadata.items() if k != PUSH_HASH}, suggestions],
+                         sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=12).hexdigest()
 
 
 @dataclass
@@ -184,19 +240,22 @@ class PushReport:
     workspace: str
     pushed: int
     url: str
+    skipped: int = 0  # already on the server, unchanged (a resumed or repeated push)
 
 
-def _get_or_create_dataset(client, config: ArgillaConfig, name: str, template: Template):
+def _get_or_create_dataset(client, config: ArgillaConfig, name: str, template: Template,
+                           design: str | None = None, overlap: int | None = None):
     import argilla as rg
 
-    workspace = client.workspaces(config.workspace)
-    if workspace is None:
-        workspace = rg.Workspace(name=config.workspace, client=client).create()
-        owner = client.me
-        if owner.role != "owner":
-            workspace.add_user(owner.username)
-    dataset = client.datasets(name=name, workspace=config.workspace)
-    wanted = dataset_settings(template)
+    with _quiet_lookups():
+        workspace = client.workspaces(config.workspace)
+        if workspace is None:
+            workspace = rg.Workspace(name=config.workspace, client=client).create()
+            owner = client.me
+            if owner.role != "owner":
+                workspace.add_user(owner.username)
+        dataset = client.datasets(name=name, workspace=config.workspace)
+    wanted = dataset_settings(template, design, overlap or 1)
     if dataset is None:
         return rg.Dataset(name=name, workspace=config.workspace, settings=wanted, client=client).create()
     if _shape(dataset.settings) != _shape(wanted):
@@ -204,49 +263,146 @@ def _get_or_create_dataset(client, config: ArgillaConfig, name: str, template: T
             f"dataset {config.workspace}/{name} at {config.url} has other fields or questions "
             f"({_shape(dataset.settings)}) than backtrans pushes ({_shape(wanted)}); push to a new dataset name"
         )
-    existing = {m.name for m in dataset.settings.metadata}
+    settings = dataset.settings
+    existing = {m.name for m in settings.metadata}
     missing = [m for m in wanted.metadata if m.name not in existing]
-    if missing:  # Argilla allows adding metadata properties to a dataset that has records
-        for prop in missing:
-            dataset.settings.metadata.add(prop)
-        dataset.settings.update()
+    for prop in missing:  # Argilla allows adding metadata properties to a dataset that has records
+        settings.metadata.add(prop)
+    changed = bool(missing)
+    if not settings.allow_extra_metadata:  # a dataset from before PUSH_HASH
+        settings.allow_extra_metadata, changed = True, True
+    if design and settings.guidelines != wanted.guidelines:
+        settings.guidelines, changed = wanted.guidelines, True
+    if overlap and settings.distribution.min_submitted != overlap:
+        # The server allows it at any time and recomputes which records are complete.
+        settings.distribution, changed = rg.TaskDistribution(min_submitted=overlap), True
+    if changed:
+        settings.update()
     return dataset
+
+
+def _list_page(client, dataset_id, offset: int, include: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """One page of raw records: plain JSON is far cheaper than the SDK's models at 100k records."""
+    reply = client.http_client.get(f"/api/v1/datasets/{dataset_id}/records",
+                                   params={"offset": offset, "limit": PAGE, "include": list(include)})
+    reply.raise_for_status()
+    body = reply.json()
+    return body["items"], int(body["total"])
+
+
+def _all_records(client, dataset_id, include: tuple[str, ...] = ()) -> Iterator[dict]:
+    """Every record once, page by page, and never fewer than the server counts.
+
+    The server pages with OFFSET and no ORDER BY, so records added while we read can shift a page; we
+    de-duplicate by id and read again from the start if the count falls short."""
+    for _attempt in range(3):
+        seen: set[str] = set()
+        offset, total = 0, 0
+        while True:
+            items, total = _list_page(client, dataset_id, offset, include)
+            for item in items:
+                key = str(item.get("external_id") or item["id"])
+                if key not in seen:
+                    seen.add(key)
+                    yield item
+            offset += len(items)
+            if not items or offset >= total:
+                break
+        if len(seen) >= total:
+            return
+    raise ArgillaError(f"read {len(seen)} of {total} records: the dataset kept changing while it was read; retry")
+
+
+def _server_hashes(client, dataset_id) -> dict[str, str | None]:
+    """Record id -> the PUSH_HASH it was pushed with (None for records pushed before hashes)."""
+    hashes: dict[str, str | None] = {}
+    for item in _all_records(client, dataset_id):
+        metadata = item.get("metadata") or {}
+        hashes[str(item.get("external_id"))] = metadata.get(PUSH_HASH)
+    return hashes
 
 
 def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *, template: Template | str = "humpback",
          threshold: float = 4, by: str = "score", run_id: str | None = None, batch_size: int = 200,
-         on_progress: Callable[[int], None] | None = None) -> PushReport:
-    """Upsert every row as a record. Safe to repeat: a partial push resumes, responses are kept."""
+         on_progress: Callable[[int], None] | None = None, design: str | None = None,
+         overlap: int | None = None, resume: bool = True) -> PushReport:
+    """Upsert every row as a record, in batches of `batch_size`. Safe to repeat or to kill: each batch is
+    committed on its own, and a rerun first lists what the server holds and sends only the records that are
+    missing or changed, so nothing is lost and nothing is duplicated; reviewers' responses are kept.
+
+    `on_progress(n)` gets the rows done so far (sent or already there) after each batch.
+    `design` (the review plan's sample design) is appended to the guidelines. `overlap` is how many
+    reviewers each record asks for (the dataset's distribution): 1 for a new dataset when None, and an
+    existing dataset's setting is left as it is when None. `resume=False` sends every row again.
+    """
     template = load_template(template) if isinstance(template, str) else template
+    if overlap is not None and overlap < 1:
+        raise ArgillaError(f"overlap must be 1 or more reviewers per record, not {overlap}")
+    batch_size = max(1, min(batch_size, 500))  # the server's bulk limit
     client = connect(config)
     try:
-        dataset = _get_or_create_dataset(client, config, dataset_name, template)
+        dataset = _get_or_create_dataset(client, config, dataset_name, template, design, overlap)
+        on_server = _server_hashes(client, dataset.id) if resume else {}
     except ArgillaError:
         raise
     except Exception as exc:
         raise _failure(config, f"preparing dataset {dataset_name}", exc) from None
-    pushed = 0
+    metadata_names = {m.name for m in dataset.settings.metadata}
+    pushed = skipped = 0
+    reported = -1
     batch: list = []
+
+    def report() -> None:
+        nonlocal reported
+        if on_progress and pushed + skipped != reported:
+            reported = pushed + skipped
+            on_progress(reported)
 
     def flush() -> None:
         nonlocal pushed, batch
         if not batch:
             return
         try:
-            dataset.records.log(batch, batch_size=batch_size)
+            _add_plan_metadata(dataset, batch, metadata_names)
+            for record in batch:
+                record.dataset = dataset
+            # The API directly, not records.log: log draws its own tqdm bar on stderr for every batch.
+            client.api.records.bulk_upsert(dataset.id, [record.api_model() for record in batch])
         except Exception as exc:
-            raise _failure(config, f"pushing records {pushed + 1}-{pushed + len(batch)}", exc) from None
+            raise _failure(config, f"pushing records {pushed + skipped + 1}-{pushed + skipped + len(batch)}",
+                           exc) from None
         pushed += len(batch)
         batch = []
-        if on_progress:
-            on_progress(pushed)
+        report()
 
-    for row in rows:
-        batch.append(to_record(row, template, threshold, run_id or row.get("run_id"), by))
+    queued: set[str] = set()
+    for number, row in enumerate(rows, 1):
+        try:
+            record = to_record(row, template, threshold, run_id or row.get("run_id"), by)
+        except ValueError as exc:
+            raise ArgillaError(f"row {number}: {exc}") from None
+        key = str(record.id)
+        if key in queued or on_server.get(key, "") == record.metadata[PUSH_HASH]:
+            skipped += 1  # a duplicate pair in the input, or already on the server as it is
+            continue
+        queued.add(key)
+        batch.append(record)
         if len(batch) >= batch_size:
             flush()
     flush()
-    return PushReport(dataset_name, config.workspace, pushed, f"{config.url}/dataset/{dataset.id}/annotation-mode")
+    report()
+    return PushReport(dataset_name, config.workspace, pushed, f"{config.url}/dataset/{dataset.id}/annotation-mode",
+                      skipped)
+
+
+def _add_plan_metadata(dataset, batch: list, names: set[str]) -> None:
+    wanted = [prop for prop in plan_metadata() if prop.name not in names
+              and any(prop.name in record.metadata for record in batch)]
+    if wanted:
+        for prop in wanted:
+            dataset.settings.metadata.add(prop)
+        dataset.settings.update()
+        names.update(prop.name for prop in wanted)
 
 
 # --- pull ---------------------------------------------------------------------------------------------
@@ -258,9 +414,10 @@ class Decision:
     human_score: int | None
     human_note: str
     reviewer: str
-    votes: dict[str, str]  # reviewer -> keep | discard (submitted or discarded responses)
+    votes: dict[str, str]  # reviewer -> keep | discard (submitted or discarded responses): one per reviewer
     drafts: list[str]
     row: dict = field(default_factory=dict)  # the pair and the LLM's verdict, as pushed
+    scores: dict[str, int] = field(default_factory=dict)  # reviewer -> submitted score, for weighted agreement
 
 
 def resolve(votes: dict[str, str], policy: str) -> bool | None:
@@ -280,30 +437,29 @@ def resolve(votes: dict[str, str], policy: str) -> bool | None:
     return keeps > discards
 
 
+def _find_dataset(client, config: ArgillaConfig, dataset_name: str):
+    with _quiet_lookups():
+        dataset = client.datasets(name=dataset_name, workspace=config.workspace)
+    if dataset is None:
+        raise ArgillaError(f"no dataset {config.workspace}/{dataset_name} at {config.url}")
+    return dataset
+
+
 def pull(dataset_name: str, config: ArgillaConfig, policy: str = "majority") -> dict[str, Decision]:
-    """Every reviewer's responses, resolved per record, keyed by record id."""
+    """Every reviewer's responses, resolved per record, keyed by record id: every record, page by page."""
     if policy not in POLICIES:
         raise ArgillaError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     client = connect(config)
     try:
-        dataset = client.datasets(name=dataset_name, workspace=config.workspace)
-        if dataset is None:
-            raise ArgillaError(f"no dataset {config.workspace}/{dataset_name} at {config.url}")
+        dataset = _find_dataset(client, config, dataset_name)
         usernames = {str(user.id): user.username for user in client.users}
         decisions = {}
-        # Read the raw record models: flattened exports can drop responses (argilla#5042), and the SDK's
-        # Record objects drop a discard that carries no values (how the web UI sends one).
-        offset, page = 0, 1000
-        while True:
-            models = client.api.records.list(dataset.id, offset=offset, limit=page, with_suggestions=False,
-                                             with_responses=True)
-            for model in models:
-                decision = _decide(model.responses or [], usernames, policy)
-                decision.row = _row_from_record(model)
-                decisions[str(model.external_id)] = decision
-            if len(models) < page:
-                break
-            offset += page
+        # Raw records: flattened exports can drop responses (argilla#5042), and the SDK's Record objects drop
+        # a discard that carries no values (how the web UI sends one).
+        for item in _all_records(client, dataset.id, ("responses",)):
+            decision = _decide(item.get("responses") or [], usernames, policy)
+            decision.row = _row_from_record(item)
+            decisions[str(item.get("external_id") or item["id"])] = decision
     except ArgillaError:
         raise
     except Exception as exc:
@@ -311,11 +467,44 @@ def pull(dataset_name: str, config: ArgillaConfig, policy: str = "majority") -> 
     return decisions
 
 
-def _row_from_record(model) -> dict:
-    fields, metadata = model.fields or {}, model.metadata or {}
-    if isinstance(metadata, list):  # the API model holds MetadataModel(name, value) items
-        metadata = {m.name: m.value for m in metadata}
-    return {
+def summary(decisions: dict[str, Decision]) -> dict:
+    """What a pull brought back, for a face to say: records, who reviewed, how many records have a decision."""
+    reviewers: set[str] = set()
+    votes = drafts = decided = 0
+    for decision in decisions.values():
+        reviewers.update(decision.votes)
+        reviewers.update(decision.drafts)
+        votes += len(decision.votes)
+        drafts += len(decision.drafts)
+        decided += decision.human_keep is not None
+    return {"records": len(decisions), "reviewers": sorted(reviewers), "decisions": decided, "votes": votes,
+            "drafts": drafts}
+
+
+def format_summary(info: dict) -> str:
+    who = ", ".join(info["reviewers"]) or "no reviewers yet"
+    return (f"Pulled {info['records']} records: {info['decisions']} with a decision, {info['votes']} votes "
+            f"from {len(info['reviewers'])} reviewers ({who}), {info['drafts']} drafts")
+
+
+def progress_by_reviewer(dataset_name: str, config: ArgillaConfig) -> dict[str, int]:
+    """Submitted responses per reviewer (username -> count), from the server's own progress counts."""
+    client = connect(config)
+    try:
+        dataset = _find_dataset(client, config, dataset_name)
+        users = client.api.datasets.list_users_progress(dataset_id=dataset.id)
+    except ArgillaError:
+        raise
+    except Exception as exc:
+        raise _failure(config, f"reading progress of {dataset_name}", exc) from None
+    return {user.username: int(user.completed.submitted or 0) + int(user.pending.submitted or 0) for user in users}
+
+
+def _row_from_record(item: dict) -> dict:
+    fields, metadata = item.get("fields") or {}, item.get("metadata") or {}
+    if isinstance(metadata, list):
+        metadata = {m["name"]: m["value"] for m in metadata}
+    row = {
         "instruction": fields.get("instruction"),
         "generation": fields.get("generation"),
         "score": metadata.get("llm_score"),
@@ -324,18 +513,22 @@ def _row_from_record(model) -> dict:
         "model_name": metadata.get("model_name"),
         "status": metadata.get("status"),
     }
+    for name in ("stratum", "inclusion_prob"):  # the review plan's columns come back for the estimates
+        if name in metadata:
+            row[name] = metadata[name]
+    return row
 
 
-def _decide(responses: list, usernames: dict[str, str], policy: str) -> Decision:
+def _decide(responses: list[dict], usernames: dict[str, str], policy: str) -> Decision:
     votes: dict[str, str] = {}
-    scores: list[int] = []
+    scores: dict[str, int] = {}
     notes: list[str] = []
     drafts: list[str] = []
     by_user: dict[str, dict] = {}
     for response in responses:
-        user = usernames.get(str(response.user_id), str(response.user_id))
-        entry = by_user.setdefault(user, {"status": str(getattr(response.status, "value", response.status))})
-        for question, answer in (response.values or {}).items():
+        user = usernames.get(str(response["user_id"]), str(response["user_id"]))
+        entry = by_user.setdefault(user, {"status": str(response.get("status"))})
+        for question, answer in (response.get("values") or {}).items():
             entry[question] = answer.get("value") if isinstance(answer, dict) else answer
     for user, entry in by_user.items():
         status = entry["status"]
@@ -347,11 +540,13 @@ def _decide(responses: list, usernames: dict[str, str], policy: str) -> Decision
         elif entry.get("keep") in (KEEP, DISCARD):
             votes[user] = entry["keep"]
         if status == "submitted" and entry.get("score") is not None:
-            scores.append(int(entry["score"]))
+            scores[user] = int(entry["score"])
         if entry.get("note"):
             notes.append(f"{user}: {entry['note']}")
-    human_score = int(round(sorted(scores)[len(scores) // 2])) if scores else None
-    return Decision(resolve(votes, policy), human_score, "\n".join(notes), ", ".join(sorted(votes)), votes, drafts)
+    ordered = sorted(scores.values())
+    human_score = int(round(ordered[len(ordered) // 2])) if ordered else None
+    return Decision(resolve(votes, policy), human_score, "\n".join(notes), ", ".join(sorted(votes)), votes, drafts,
+                    scores=scores)
 
 
 def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: float, by: str = "score") -> list[dict]:

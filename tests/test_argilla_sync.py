@@ -237,3 +237,119 @@ def test_suggested_keep_follows_the_expected_score_when_asked():
     assert A.to_record(row, template, 3.8, by="expected_score").suggestions["keep"].value == "discard"
     merged = A.merge([row], {}, 3.8, "expected_score")
     assert merged[0]["final_keep"] is False
+
+
+# --- scale, resume, review plans, several reviewers --------------------------------------------------
+
+
+def test_push_hash_follows_the_verdict_not_the_run():
+    template = load_template("humpback")
+    row = _scored(3)[2]
+    same = A.to_record(dict(row), template, 4).metadata[A.PUSH_HASH]
+    assert A.to_record(dict(row), template, 4).metadata[A.PUSH_HASH] == same
+    assert A.to_record({**row, "score": 1}, template, 4).metadata[A.PUSH_HASH] != same
+    assert A.to_record({**row, "stratum": "s2", "inclusion_prob": 0.25}, template, 4).metadata[A.PUSH_HASH] != same
+
+
+def test_plan_columns_become_metadata_and_bad_probabilities_are_refused():
+    template = load_template("humpback")
+    record = A.to_record({**_scored(1)[0], "stratum": "band-3", "inclusion_prob": 0.125}, template, 4)
+    assert record.metadata["stratum"] == "band-3" and record.metadata["inclusion_prob"] == 0.125
+    assert "stratum" not in A.to_record({**_scored(1)[0], "stratum": float("nan")}, template, 4).metadata
+    for bad in (0, 1.5, "often"):
+        with pytest.raises(ValueError, match="inclusion_prob"):
+            A.to_record({**_scored(1)[0], "inclusion_prob": bad}, template, 4)
+
+
+def test_summary_counts_records_reviewers_and_decisions():
+    decisions = {
+        "a": A.Decision(True, 4, "", "ann, bob", {"ann": "keep", "bob": "keep"}, []),
+        "b": A.Decision(None, None, "", "ann, bob", {"ann": "keep", "bob": "discard"}, ["cy"]),
+        "c": A.Decision(None, None, "", "", {}, []),
+    }
+    info = A.summary(decisions)
+    assert info == {"records": 3, "reviewers": ["ann", "bob", "cy"], "decisions": 1, "votes": 4, "drafts": 1}
+    assert "Pulled 3 records: 1 with a decision" in A.format_summary(info)
+
+
+def test_design_is_appended_to_the_guidelines_within_the_servers_limit():
+    template = load_template("humpback")
+    assert A.guidelines(template, "stratified by score band").endswith("stratified by score band")
+    assert len(A.guidelines(template, "x" * 50_000)) <= A.GUIDELINES_MAX
+
+
+def test_a_killed_5000_record_push_resumes_without_duplicates(argilla_stack, argilla_config):
+    rows = _scored(5000, "scale")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2000(done: int) -> None:
+        if done >= 2000:
+            raise Killed
+
+    with pytest.raises(Killed):
+        A.push(rows, "scale-5000", argilla_config, batch_size=500, on_progress=kill_after_2000)
+    progress: list[int] = []
+    report = A.push(rows, "scale-5000", argilla_config, batch_size=500, on_progress=progress.append)
+    assert report.skipped == 2000 and report.pushed == 3000 and progress[-1] == 5000
+    # Checked in the server itself, through the SDK's own reader, not ours.
+    dataset = _sdk(argilla_stack).datasets(name="scale-5000", workspace="backtrans")
+    ids = [str(r.id) for r in dataset.records(with_responses=False, with_suggestions=False)]
+    assert len(ids) == len(set(ids)) == 5000
+    assert set(ids) == {A.record_id(row) for row in rows}
+    assert dataset.progress()["total"] == 5000
+    # Nothing left to send, and a pull pages through all of it.
+    assert A.push(rows, "scale-5000", argilla_config).pushed == 0
+    decisions = A.pull("scale-5000", argilla_config)
+    assert len(decisions) == 5000 and decisions[A.record_id(rows[4321])].row["instruction"] == "scale 4321?"
+
+
+def test_plan_push_with_overlap_two_reviewers_votes_and_progress(argilla_stack, argilla_config):
+    rows = [{**row, "stratum": f"band-{row['score']}", "inclusion_prob": round(0.1 * row["score"], 2)}
+            for row in _scored(6, "plan")]
+    design = "Stratified by score band; 10% of records go to two reviewers."
+    A.push(rows, "plan-set", argilla_config, design=design, overlap=2)
+    client = _sdk(argilla_stack)
+    dataset = client.datasets(name="plan-set", workspace="backtrans")
+    assert {"stratum", "inclusion_prob"} <= {m.name for m in dataset.settings.metadata}
+    assert dataset.settings.guidelines.endswith(design)
+    assert dataset.settings.distribution.min_submitted == 2
+    by_id = {str(r.id): r for r in dataset.records()}
+    assert by_id[A.record_id(rows[2])].metadata["stratum"] == "band-3"
+    assert by_id[A.record_id(rows[2])].metadata["inclusion_prob"] == pytest.approx(0.3)
+
+    ids = _server_ids(argilla_stack, "plan-set")
+    first, second = Annotator(argilla_stack, "overlap-a"), Annotator(argilla_stack, "overlap-b")
+    for row in rows[:3]:
+        first.respond(ids[A.record_id(row)], "keep", 4)
+    second.respond(ids[A.record_id(rows[0])], "keep", 5)
+    second.respond(ids[A.record_id(rows[1])], "discard", 2)
+    decisions = A.pull("plan-set", argilla_config)
+    assert decisions[A.record_id(rows[0])].votes == {"overlap-a": "keep", "overlap-b": "keep"}
+    assert decisions[A.record_id(rows[1])].votes == {"overlap-a": "keep", "overlap-b": "discard"}
+    assert decisions[A.record_id(rows[0])].scores == {"overlap-a": 4, "overlap-b": 5}
+    assert decisions[A.record_id(rows[2])].row["stratum"] == "band-3"
+    progress = A.progress_by_reviewer("plan-set", argilla_config)
+    assert progress.get("overlap-a") == 3 and progress.get("overlap-b") == 2
+    # Two reviewers are asked for: records 0 and 1 are complete, record 2 (one reviewer) is still pending.
+    assert client.datasets(name="plan-set", workspace="backtrans").progress()["completed"] == 2
+    info = A.summary(decisions)
+    assert info["records"] == 6 and info["reviewers"] == ["overlap-a", "overlap-b"] and info["votes"] == 5
+
+    # A later push without --overlap keeps the dataset's setting.
+    A.push(rows, "plan-set", argilla_config)
+    assert client.datasets(name="plan-set", workspace="backtrans").settings.distribution.min_submitted == 2
+
+
+def test_first_push_prints_no_sdk_lookup_warnings(argilla_stack, argilla_config, recwarn):
+    config = A.ArgillaConfig(argilla_stack.url, argilla_stack.api_key, "fresh-workspace")
+    client = _sdk(argilla_stack)
+    with pytest.warns(UserWarning, match="not found"):  # what the SDK says on its own
+        client.datasets(name="never-made", workspace="backtrans")
+    recwarn.clear()
+    A.push(_scored(2, "quiet"), "quiet-set", config)
+    assert not [w for w in recwarn if "not found" in str(w.message)]
+    with pytest.raises(A.ArgillaError, match="no dataset"):
+        A.pull("never-made", config)
+    assert not [w for w in recwarn if "not found" in str(w.message)]
