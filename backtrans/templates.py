@@ -1,7 +1,8 @@
 """Prompt templates: finding, reading and rendering `prompts/*.jinja2` in a Jinja2 sandbox.
 
 A template is a Jinja2 file whose first block is a comment holding `key: value` settings
-(name, kind, score_range, max_tokens, temperature, prefill, logprobs, output). The rest renders to
+(name, kind, score_range, max_tokens, temperature, prefill, logprobs, output, description), each read
+with its type; an unknown key or a bad value is refused with file:line:column. The rest renders to
 the user message. Dataset text and user templates are untrusted, so rendering always runs in an
 immutable sandbox with undefined names as errors.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +21,17 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-PROMPTS_DIR = Path(os.environ.get("BACKTRANS_PROMPTS_DIR", Path(__file__).resolve().parent.parent / "prompts"))
+
+def _bundled_prompts() -> Path:
+    """Where the bundled templates are: installed as package data (backtrans/prompts, mapped in from the
+    top-level prompts/ folder by pyproject.toml), or that top-level folder itself in a source checkout."""
+    installed = importlib.resources.files("backtrans") / "prompts"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent / "prompts"
+
+
+PROMPTS_DIR = Path(os.environ.get("BACKTRANS_PROMPTS_DIR") or _bundled_prompts())
 DEFAULT_JUDGE_TEMPLATE = "humpback"
 
 _HEADER = re.compile(r"\A\{#-?(.*?)-?#\}", re.DOTALL)
@@ -95,45 +107,128 @@ def render_source(source: str, name: str, values: dict) -> str:
         raise TemplateError(f"template {name!r}: {exc}") from None
 
 
-def _parse_header(text: str) -> dict[str, str]:
-    match = _HEADER.match(text.lstrip("\ufeff"))
+# The header's settings and how each is read; anything else is refused, so a typo ("temprature") is an
+# error instead of a silently ignored setting.
+_TRUTHY, _FALSY = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_KINDS = ("judge", "generate", "backward")
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in _TRUTHY | _FALSY:
+        return value.lower() in _TRUTHY
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _kind(value: str) -> str:
+    if value not in _KINDS:
+        raise ValueError(f"expected one of {', '.join(_KINDS)}, got {value!r}")
+    return value
+
+
+def _score_range(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(-?\d+)\s*-\s*(-?\d+)\s*", value)
+    if not match or int(match.group(1)) >= int(match.group(2)):
+        raise ValueError(f"expected LOW-HIGH with LOW < HIGH, like 1-5, got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _temperature(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 2:
+        raise ValueError(f"expected a number from 0 to 2, got {value!r}")
+    return number
+
+
+HEADER_KEYS: dict[str, object] = {
+    "name": str,
+    "kind": _kind,
+    "score_range": _score_range,
+    "description": str,
+    "prefill": str,
+    "max_tokens": _positive_int,
+    "temperature": _temperature,
+    "logprobs": _boolean,
+    "output": str,
+}
+_SETTING = re.compile(r"^(\s*)([A-Za-z_][\w-]*)\s*:(\s*)(.*?)\s*$")
+
+
+def _parse_header(text: str, where: str) -> dict[str, object]:
+    """The typed settings of the first `{# ... #}` block when it holds `key: value` lines.
+
+    A leading comment with no such line is an ordinary comment, not a header. Errors name
+    `where:line:column` of the offending key or value.
+    """
+    text = text.lstrip("\ufeff")
+    match = _HEADER.match(text)
     if not match:
         return {}
-    settings = {}
-    for line in match.group(1).splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().isidentifier():
-            settings[key.strip()] = value.strip().strip('"')
+    body = match.group(1)
+    first_line = text[: match.start(1)].count("\n") + 1
+    first_column = match.start(1) - (text.rfind("\n", 0, match.start(1)) + 1) + 1
+    lines = body.splitlines()
+    if not any(_SETTING.match(line) for line in lines):
+        return {}
+    settings: dict[str, object] = {}
+    for offset, line in enumerate(lines):
+        if not line.strip():
+            continue
+        lineno = first_line + offset
+        base = first_column if offset == 0 else 1
+        found = _SETTING.match(line)
+        if not found:
+            column = base + len(line) - len(line.lstrip())
+            raise TemplateError(f"{where}:{lineno}:{column}: the header comment holds `key: value` lines only, "
+                                f"got {line.strip()!r}")
+        indent, key, gap, value = found.groups()
+        key_column = base + len(indent)
+        if key not in HEADER_KEYS:
+            raise TemplateError(f"{where}:{lineno}:{key_column}: unknown setting {key!r} in the header "
+                                f"(known: {', '.join(HEADER_KEYS)})")
+        if key in settings:
+            raise TemplateError(f"{where}:{lineno}:{key_column}: setting {key!r} is given twice")
+        value_column = base + found.start(4)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]  # quotes keep a value's edge spaces, as in prefill: "Score: "
+        try:
+            settings[key] = HEADER_KEYS[key](value)  # type: ignore[operator]
+        except ValueError as exc:
+            message = str(exc) if str(exc).startswith("expected") else f"{value!r} is not valid here"
+            raise TemplateError(f"{where}:{lineno}:{value_column}: bad value for {key!r}: {message}") from None
     return settings
 
 
 def parse_template(text: str, name: str, path: str = "") -> Template:
-    settings = _parse_header(text)
+    where = path or name
+    settings = _parse_header(text, where)
     try:
         ast = _environment().parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{path or name}:{exc.lineno}: {exc.message}") from None
+        raise TemplateError(f"{where}:{exc.lineno}: {exc.message}") from None
     variables = tuple(sorted(jinja2.meta.find_undeclared_variables(ast)))
-    lo, _, hi = settings.get("score_range", "1-5").partition("-")
-    truthy = {"1", "true", "yes"}
-    try:
-        return Template(
-            name=settings.get("name", name),
-            source=text,
-            path=path,
-            kind=settings.get("kind", "judge"),
-            score_min=int(lo),
-            score_max=int(hi),
-            max_tokens=int(settings.get("max_tokens", 512)),
-            temperature=float(settings.get("temperature", 0.0)),
-            prefill=settings.get("prefill", ""),
-            logprobs=settings.get("logprobs", "").lower() in truthy,
-            output=settings.get("output", "generation"),
-            description=settings.get("description", ""),
-            variables=variables,
-        )
-    except ValueError as exc:
-        raise TemplateError(f"{path or name}: bad setting in the header comment: {exc}") from None
+    lo, hi = settings.get("score_range", (1, 5))  # type: ignore[misc]
+    return Template(
+        name=str(settings.get("name", name)),
+        source=text,
+        path=path,
+        kind=str(settings.get("kind", "judge")),
+        score_min=lo,
+        score_max=hi,
+        max_tokens=int(settings.get("max_tokens", 512)),  # type: ignore[arg-type]
+        temperature=float(settings.get("temperature", 0.0)),  # type: ignore[arg-type]
+        prefill=str(settings.get("prefill", "")),
+        logprobs=bool(settings.get("logprobs", False)),
+        output=str(settings.get("output", "generation")),
+        description=str(settings.get("description", "")),
+        variables=variables,
+    )
 
 
 def list_templates(kind: str | None = None) -> list[Template]:

@@ -77,3 +77,38 @@ def test_missing_variable_and_bad_syntax_are_clear(tmp_path):
         load_template(str(bad))
     with pytest.raises(TemplateError, match="no template named"):
         load_template("does-not-exist")
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("{#-\nkind: judge\ntemprature: 0.2\n-#}\n", r"mine.jinja2:3:1: unknown setting 'temprature'.*known: name"),
+        ("{#-\nkind: judge\n  max_tokens: many\n-#}\n", r"mine.jinja2:3:15: bad value for 'max_tokens'"),
+        ("{#- kind: grader\n-#}\n", r"mine.jinja2:1:11: bad value for 'kind': expected one of judge"),
+        ("{#-\nscore_range: 5-1\n-#}\n", r"mine.jinja2:2:14: bad value for 'score_range': expected LOW-HIGH"),
+        ("{#-\nlogprobs: maybe\n-#}\n", r"mine.jinja2:2:11: bad value for 'logprobs': expected true or false"),
+        ("{#-\nkind: judge\nkind: generate\n-#}\n", r"mine.jinja2:3:1: setting 'kind' is given twice"),
+        ("{#-\nkind: judge\nscore first\n-#}\n", r"mine.jinja2:3:1: the header comment holds `key: value` lines"),
+    ],
+)
+def test_header_refuses_unknown_keys_and_bad_values_naming_line_and_column(tmp_path, header, message):
+    path = tmp_path / "mine.jinja2"
+    path.write_text(header + "Q: {{ instruction }}\nA: {{ generation }}\n")
+    with pytest.raises(TemplateError, match=message):
+        load_template(str(path))
+
+
+def test_header_values_are_typed_and_a_plain_comment_is_not_a_header():
+    template = parse_template('{#-\nprefill: " Score: "\nlogprobs: yes\ntemperature: 0.7\n-#}\n{{ x }}', "t")
+    assert (template.prefill, template.logprobs, template.temperature) == (" Score: ", True, 0.7)
+    plain = parse_template("{# Written for the 2025 audit. #}{{ instruction }}", "t")
+    assert (plain.kind, plain.score_min, plain.score_max) == ("judge", 1, 5)
+
+
+def test_bundled_templates_are_found_as_package_data_or_in_the_source_tree():
+    from backtrans import templates
+
+    # In a source checkout the top-level prompts/ folder is the only copy; an installed package carries it
+    # as backtrans/prompts (see the slow packaging test in tests/test_package.py).
+    assert (templates.PROMPTS_DIR / "humpback.jinja2").is_file()
+    assert {p.stem for p in templates.PROMPTS_DIR.glob("*.jinja2")} == {t.name for t in list_templates()}
