@@ -279,6 +279,27 @@ def pull_from_argilla(session: Session | None, dataset: str, workspace: str, pol
     return session.argilla_pull(dataset, workspace, policy, threshold)
 
 
+def plan_review(session: Session | None, budget: float, seed: float, overlap_share: float, threshold: float):
+    if session is None:
+        return "Judge some data first: the plan is stratified by the judge's scores.", pd.DataFrame()
+    return session.plan_review(budget, threshold, seed, overlap_share)
+
+
+def review_estimates(session: Session | None, target_precision: float):
+    if session is None:
+        empty = pd.DataFrame(columns=["x", "value", "series"])
+        return "Pull reviewers' decisions first.", empty, empty, None, gr.update(interactive=False)
+    text, calibration, curves, suggested = session.review_estimates(target_precision)
+    return text, calibration, curves, suggested, gr.update(interactive=suggested is not None)
+
+
+def adopt_threshold(session: Session | None, suggested: float | None):
+    """One click: the suggested threshold (and its measure) become the Review step's."""
+    if session is None or suggested is None:
+        return gr.update(), gr.update()
+    return gr.update(value=suggested), gr.update(value=session.measure())
+
+
 def export_file(session: Session | None, fmt: str, threshold: float):
     if session is None:
         return None, "Nothing to export yet."
@@ -442,6 +463,22 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                                          title="Pairs by the measure in use (the colour changes at the threshold)",
                                          color_map={"kept": "#2e7d32", "discarded": "#9e9e9e"})
 
+            with gr.Accordion("Calibrated threshold (after pulling reviewers' decisions)", open=False,
+                              elem_id="calibration"):
+                with gr.Row():
+                    target_precision = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Target precision",
+                                                 elem_id="target-precision")
+                    adopt = gr.Button("Adopt the suggested threshold", interactive=False, elem_id="adopt-threshold")
+                suggested_threshold = gr.State(None)
+                estimates_text = gr.Markdown(elem_id="review-estimates")
+                with gr.Row():
+                    calibration_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="calibration-curve",
+                                                   title="Human keep rate by band of the judge's measure",
+                                                   x_title="band (lower edge)", y_title="keep rate")
+                    curves_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="precision-recall",
+                                              title="Precision and recall against the threshold (95% band)",
+                                              x_title="threshold", y_title="")
+
         with gr.Tab("5 · Argilla"):
             gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
                         "suggestions; pull the reviewers' decisions back. Uses `ARGILLA_API_URL` and "
@@ -454,6 +491,21 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                                                elem_id="argilla-workspace")
                 policy = gr.Dropdown(list(argilla_sync.POLICIES), value="majority", label="Several reviewers",
                                      elem_id="argilla-policy")
+            with gr.Accordion("Plan review: spend a review budget well", open=False, elem_id="plan-review"):
+                gr.Markdown("Pick at most *budget* pairs for reviewers, stratified across bands of the judge's "
+                            "measure (plus a share near the threshold), so precision and recall of any threshold "
+                            "can be estimated with honest intervals. Once planned, **Push** sends the plan.")
+                with gr.Row():
+                    budget = gr.Number(300, label="Review budget (pairs)", precision=0, minimum=1,
+                                       elem_id="review-budget")
+                    plan_seed = gr.Number(0, label="Seed", precision=0, elem_id="review-seed")
+                    overlap_share = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Share for two reviewers",
+                                              elem_id="review-overlap")
+                    plan_button = gr.Button("Plan review", elem_id="review-plan")
+                plan_summary = gr.Markdown(elem_id="review-plan-summary")
+                plan_makeup = gr.Dataframe(
+                    pd.DataFrame(columns=["band", "pairs", "to review", "inclusion probability"]),
+                    interactive=False, elem_id="review-plan-makeup")
             with gr.Row():
                 push_button = gr.Button("Push to Argilla", elem_id="argilla-push")
                 pull_button = gr.Button("Pull decisions", elem_id="argilla-pull")
@@ -559,6 +611,13 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                                    [argilla_status, agreement_report, confusion_plot, disagreements],
                                    api_name="argilla_pull")
         refresh_export(pulled.then(refresh_review, [session_state, *filters], review_outputs, api_name=False))
+        estimate_outputs = [estimates_text, calibration_plot, curves_plot, suggested_threshold, adopt]
+        pulled.then(review_estimates, [session_state, target_precision], estimate_outputs, api_name=False)
+        target_precision.change(review_estimates, [session_state, target_precision], estimate_outputs,
+                                api_name="review_estimates")
+        adopt.click(adopt_threshold, [session_state, suggested_threshold], [threshold, keep_by], api_name=False)
+        plan_button.click(plan_review, [session_state, budget, plan_seed, overlap_share, threshold],
+                          [plan_summary, plan_makeup], api_name="plan_review")
         hub_push.click(export_to_hub, [session_state, hub_repo, threshold], export_status, api_name="export_hub")
     return demo
 

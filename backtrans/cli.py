@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     _threshold_options(push, "the suggested keep threshold (default 4)")
     push.add_argument("--template", default=os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
                       help="the judge template the scores came from (sets the rating range and guidelines)")
-    push.add_argument("--batch-size", type=int, default=200)
+    push.add_argument("--batch-size", type=int, default=200, help="records per request (at most 500)")
+    push.add_argument("--overlap", type=int, help="reviewers each record asks for (the dataset's distribution; "
+                      "default 1 for a new dataset, unchanged for an existing one)")
+    push.add_argument("--design", help="the sample design, appended to the dataset's guidelines")
+    push.add_argument("--no-resume", action="store_true", help="send every record again, even those the server "
+                      "already holds unchanged")
     pull = argilla_sub.add_parser("pull", help="pull reviewers' decisions, merge them, report agreement")
     pull.add_argument("--dataset", required=True)
     pull.add_argument("--workspace")
@@ -419,13 +424,30 @@ def cmd_argilla(args: argparse.Namespace) -> int:
         rows = [located.row for located in iter_rows(args.input)]
         from tqdm import tqdm
 
+        if rows and all("stratum" in row and "inclusion_prob" in row for row in rows):
+            # a `review plan`: its design goes into the guidelines, its overlap into the distribution
+            bands: dict[str, tuple[int, float]] = {}
+            for row in rows:
+                count, probability = bands.get(str(row["stratum"]), (0, float(row["inclusion_prob"])))
+                bands[str(row["stratum"])] = (count + 1, probability)
+            args.design = args.design or (f"Review plan: {len(rows)} pairs sampled at random within bands of the "
+                                          "judge's measure; " + "; ".join(
+                                              f"{band}: {count} (inclusion probability {p:.3g})"
+                                              for band, (count, p) in sorted(bands.items())))
+            if args.overlap is None and any(row.get("overlap") for row in rows):
+                args.overlap = 2
+
         with tqdm(total=len(rows), unit="record", file=sys.stderr, desc="push") as bar:
             report = argilla_sync.push(rows, args.dataset, config, template=args.template, threshold=args.min_score,
-                                       by=args.by,
-                                       batch_size=args.batch_size, on_progress=lambda n: bar.update(n - bar.n))
-        print(f"pushed {report.pushed} records to {report.workspace}/{report.dataset}: {report.url}", file=sys.stderr)
+                                       by=args.by, batch_size=args.batch_size, overlap=args.overlap,
+                                       design=args.design, resume=not args.no_resume,
+                                       on_progress=lambda n: bar.update(n - bar.n))
+        already = f" ({report.skipped} already there)" if report.skipped else ""
+        print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",
+              file=sys.stderr)
         return 0
     decisions = argilla_sync.pull(args.dataset, config, args.policy)
+    print(argilla_sync.format_summary(argilla_sync.summary(decisions)), file=sys.stderr)
     if args.scored:
         rows = [located.row for located in iter_rows(args.scored)]
     else:

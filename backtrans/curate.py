@@ -122,13 +122,15 @@ class Workbench:
     def rows_for_export(self, threshold: float) -> list[dict]:
         frame = self.with_decisions(threshold)
         kept = frame[frame["final_keep"]].drop(columns=["row", "judge_keep", "decided_by"])
-        return [{k: _plain(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
+        return [{k: plain_value(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
 
     def all_rows(self) -> list[dict]:
-        return [{k: _plain(v) for k, v in row.items()} for row in self.frame.drop(columns=["row"]).to_dict("records")]
+        rows = self.frame.drop(columns=["row"]).to_dict("records")
+        return [{k: plain_value(v) for k, v in row.items()} for row in rows]
 
 
-def _plain(value: object) -> object:
+def plain_value(value: object) -> object:
+    """A cell as plain Python: missing values are None, numpy scalars their Python selves."""
     if value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return None
     if hasattr(value, "item"):

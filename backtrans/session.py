@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from backtrans import backends
-from backtrans.curate import Filters, Workbench, measure_histogram, page, record_html, threshold_counts
+from backtrans.curate import Filters, Workbench, measure_histogram, page, plain_value, record_html, threshold_counts
 from backtrans.limits import JobGate, LimitError, Limits, day_ago
 from backtrans.owners import Owner, OwnershipError, check_hub_id, confined_path, on_space
 from backtrans.records import SAMPLE_PATH, RecordsError, dataframe_rows, load_records, preview_columns, resolve_columns
@@ -192,6 +192,7 @@ class Session:
         self.pending_upload: tuple[str, str] | None = None
         self.selected_row: int | None = None
         self.threshold = 4.0  # the last one the review used: the detail panel's verdict follows it
+        self.review_plan = None  # (plan rows, PlanSummary) once a review budget was planned
         self.template: Template = load_template(DEFAULT_TEMPLATE)
         self.keep_by = "expected_score" if self.template.logprobs else "score"
 
@@ -284,7 +285,7 @@ class Session:
     def _set_bench(self, bench: Workbench, source: str, label: str, kind: str) -> None:
         bench.keep_by = self.keep_by
         self.bench, self.source_path, self.source_label, self.source_kind = bench, source, label, kind
-        self.selected_row = None
+        self.selected_row, self.review_plan = None, None
 
     @staticmethod
     def _relabel(message: str, label: str | None, source: str | None = None) -> str:
@@ -563,19 +564,46 @@ class Session:
         shared = on_space() or os.environ.get("BACKTRANS_ARGILLA_PER_OWNER") == "1"
         return f"{name}-{self.owner.slug}" if shared and not name.endswith(self.owner.slug) else name
 
+    def plan_review(self, budget: float, threshold: float, seed: float = 0, overlap_share: float = 0.1
+                    ) -> tuple[str, pd.DataFrame]:
+        """A review plan within the budget: what Argilla is then sent. Returns its description and make-up."""
+        from backtrans import review
+
+        if self.bench is None or not self.bench.frame["score"].notna().any():
+            self.review_plan = None
+            return "Judge some data first: the plan is stratified by the judge's scores.", pd.DataFrame()
+        rows = self.bench.with_decisions(float(threshold)).drop(columns=["judge_keep", "decided_by"])
+        planned, summary = review.plan(rows, max(1, int(budget or 1)), seed=int(seed or 0), by=self.measure(),
+                                       threshold=float(threshold), overlap_share=float(overlap_share))
+        self.review_plan = (planned, summary)
+        makeup = pd.DataFrame([{"band": band, "pairs": int(info["rows"]), "to review": int(info["planned"]),
+                                "inclusion probability": round(info["inclusion_prob"], 4)}
+                               for band, info in summary.bands.items()])
+        return summary.describe(), makeup
+
     def argilla_push(self, dataset: str, workspace: str, threshold: float, on_progress=None) -> str:
+        """The review plan's rows when there is a plan (with its design in the guidelines), else every row."""
         from backtrans import argilla_sync
 
         if self.bench is None or not len(self.bench):
             return "Judge some data first."
         name = self.argilla_dataset_name(dataset)
+        design, overlap = None, None
+        rows = self.bench.all_rows()
+        if self.review_plan is not None:
+            planned, summary = self.review_plan
+            rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
+                    for row in planned.to_dict("records")]
+            design, overlap = summary.describe(), 2 if summary.overlap else None
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            report = argilla_sync.push(self.bench.all_rows(), name, config, template=self.template,
-                                       threshold=threshold, by=self.bench.keep_by, on_progress=on_progress)
+            report = argilla_sync.push(rows, name, config, template=self.template, threshold=threshold,
+                                       by=self.bench.keep_by, on_progress=on_progress, design=design,
+                                       overlap=overlap)
         except argilla_sync.ArgillaError as exc:
             return f"**Push failed.** {exc}"
-        return f"Pushed **{report.pushed}** records to [{report.workspace}/{report.dataset}]({report.url})."
+        what = "records of the review plan" if self.review_plan is not None else "records"
+        return f"Pushed **{report.pushed}** {what} to [{report.workspace}/{report.dataset}]({report.url})."
 
     def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float):
         """Reviewers' decisions merged into the rows; returns (message, report text, confusion, disagreements)."""
@@ -593,6 +621,9 @@ class Session:
         merged = argilla_sync.merge(bench.all_rows(), decisions, threshold, bench.keep_by)
         for column in ("human_keep", "human_score", "human_note", "reviewer"):
             bench.frame[column] = [row[column] for row in merged]
+        # every reviewer's vote, for agreement between reviewers on the overlap
+        bench.frame["human_votes"] = [getattr(decisions.get(argilla_sync.record_id(row)), "votes", None) or None
+                                      for row in merged]
         report = argilla_sync.agreement(merged, threshold, decisions, bench.keep_by)
         confusion = pd.DataFrame(
             [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
@@ -604,11 +635,54 @@ class Session:
         disagree = pd.DataFrame([{k: row.get(k) for k in columns}
                                  for row in merged if argilla_sync.record_id(row) in disagreements],
                                 columns=list(columns))
-        decided = [d for d in decisions.values() if getattr(d, "keep", None) is not None]
-        reviewers = sorted({name for d in decisions.values() for name in (getattr(d, "reviewers", None) or [])})
+        decided = [d for d in decisions.values() if d.human_keep is not None]
+        reviewers = sorted({name for d in decisions.values() for name in d.votes})
         message = (f"Pulled **{len(decisions)}** reviewed records: {len(decided)} decisions"
                    + (f" from {len(reviewers)} reviewers ({', '.join(reviewers)})" if reviewers else "") + ".")
         return message, "```\n" + argilla_sync.format_report(report) + "\n```", confusion, disagree
+
+    def review_estimates(self, target_precision: float = 0.9):
+        """After a pull: the calibration curve, precision and recall against the threshold with their intervals,
+        and the threshold that keeps the most pairs at the target precision. Returns (text, calibration, curves,
+        suggested threshold or None)."""
+        from backtrans import review
+
+        empty = pd.DataFrame(columns=["x", "value", "series"])
+        frame = self.bench.frame if self.bench is not None else None
+        if frame is None or "human_keep" not in frame or not frame["human_keep"].notna().any():
+            return "Pull reviewers' decisions first.", empty, empty, None
+        by = self.measure()
+        calibration = review.calibration_curve(frame, by)
+        curve = review.precision_recall_curve(frame, by)
+        lines = [f"Reviewed **{int(frame['human_keep'].notna().sum())}** pairs; estimates by {by.replace('_', ' ')} "
+                 "band with 95% intervals ([how](docs/review.md))."]
+        suggested = review.choose_threshold(frame, float(target_precision), by)
+        if suggested is None:
+            lines.append(f"No threshold reaches {float(target_precision):.0%} precision with 95% confidence yet: "
+                         "review more pairs or lower the target.")
+        else:
+            p, r = suggested.precision, suggested.recall
+            target = f"{float(target_precision):.0%}"
+            lines.append(f"**Suggested threshold {suggested.threshold:g}** for {target} precision: "
+                         f"keeps {suggested.kept:,} of {suggested.population:,} · precision {p.estimate:.1%} "
+                         f"({p.low:.1%}–{p.high:.1%}) · recall {r.estimate:.1%} ({r.low:.1%}–{r.high:.1%}) · "
+                         f"P(precision ≥ {target}) ≈ {suggested.confidence:.0%}")
+        agreement = review.reviewer_agreement(frame)
+        if agreement.items:
+            lines.append(f"Reviewers agree on {agreement.agreement:.0%} of the {agreement.items} pairs both reviewed "
+                         f"(Cohen's kappa {agreement.kappa.estimate:.2f}, 95% interval {agreement.kappa.low:.2f}–"
+                         f"{agreement.kappa.high:.2f}); decisions per reviewer: "
+                         + ", ".join(f"{name} {count}" for name, count in agreement.per_reviewer.items()))
+        calibration_long = pd.concat([
+            pd.DataFrame({"x": calibration["low_edge"], "value": calibration[column], "series": label})
+            for column, label in (("keep_rate", "human keep rate"), ("low", "95% low"), ("high", "95% high"))
+        ], ignore_index=True)
+        curves_long = pd.concat([
+            pd.DataFrame({"x": part["threshold"], "value": part[column], "series": f"{metric}{suffix}"})
+            for metric, part in curve.groupby("metric")
+            for column, suffix in (("estimate", ""), ("low", " 95% low"), ("high", " 95% high"))
+        ], ignore_index=True) if len(curve) else empty
+        return "\n\n".join(lines), calibration_long, curves_long, suggested.threshold if suggested else None
 
     # --- export -------------------------------------------------------------------------------------------
 
