@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from backtrans.llm import Completion, LLMClient, LLMSettings
+# The tasks live in their own modules; they stay importable from here, where app.py and cli.py find them.
+from backtrans.backward import BackwardTask  # noqa: F401
+from backtrans.generate import GENERATE_COLUMNS, ResponseTask  # noqa: F401
 from backtrans.records import RecordsError, iter_rows
-from backtrans.store import content_key
-from backtrans.templates import Template
 
 SEED_PATH = Path(__file__).resolve().parent / "data" / "seed_examples.jsonl"
 DOCUMENT_SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
@@ -243,87 +243,3 @@ def candidate_rows(sources: str | Path | Iterable[str | Path], settings: FilterS
     segments = (item for source in sources for doc_id, text, kind in read_documents(source, **read_options)
                 for item in segment(text, kind, doc_id))
     return segments_to_rows(filter_segments(segments, settings, report))
-
-
-class BackwardTask:
-    """Writes the instruction that a segment answers, prompted with seed examples."""
-
-    kind = "backward"
-    output_columns = ("instruction", "instruction_model", "augment_status", "augment_error")
-
-    def __init__(self, template: Template, settings: LLMSettings, examples: list[dict]):
-        self.template = template.require_kind("backward")
-        self.settings = settings
-        self.examples = examples
-        self.params = template.generation_params()
-
-    def key(self, row: dict) -> str:
-        return content_key(self.kind, self.template.digest, self.settings.cache_identity(), self.params,
-                           self.examples, row["generation"])
-
-    def skip(self, row: dict) -> dict | None:
-        return None
-
-    async def call(self, client: LLMClient, row: dict) -> Completion:
-        prompt = self.template.render(examples=self.examples, segment=row["generation"])
-        return await client.chat(prompt, **self.params)
-
-    def parse(self, row: dict, completion: Completion) -> dict:
-        text = completion.text.strip()
-        text = re.sub(r"^(#+\s*)?(instruction|question)\s*:\s*", "", text, flags=re.IGNORECASE).strip()
-        text = text.split("\n### ")[0].strip().strip('"').strip()
-        status = "ok" if text else "parse_error"
-        return {"instruction": text or None, "instruction_model": completion.model or self.settings.model,
-                "augment_status": status, "augment_error": "" if text else "empty reply", "status": status}
-
-    def failure(self, row: dict, error: str) -> dict:
-        return {"instruction": None, "instruction_model": self.settings.model, "augment_status": "llm_error",
-                "augment_error": error, "status": "llm_error"}
-
-GENERATE_COLUMNS = ("generation", "generation_model", "generation_status", "generation_error")
-
-
-class ResponseTask:
-    """Writes the `generation` for an instruction that has none."""
-
-    kind = "generate"
-    output_columns = GENERATE_COLUMNS
-
-    def __init__(self, template: Template, settings: LLMSettings):
-        self.template = template.require_kind("generate")
-        self.settings = settings
-        self.params = template.generation_params()
-
-    def key(self, row: dict) -> str:
-        return content_key(
-            self.kind, self.template.digest, self.settings.cache_identity(), self.params, row["instruction"]
-        )
-
-    def skip(self, row: dict) -> dict | None:
-        if row.get("generation"):
-            return {"generation": row["generation"], "generation_model": None, "generation_status": "given",
-                    "generation_error": "", "status": "ok"}
-        return None
-
-    async def call(self, client: LLMClient, row: dict) -> Completion:
-        return await client.chat(self.template.render(**row), **self.params)
-
-    def parse(self, row: dict, completion: Completion) -> dict:
-        text = completion.text.removeprefix(self.template.prefill).strip()
-        status = "ok" if text else "parse_error"
-        return {
-            "generation": text or None,
-            "generation_model": completion.model or self.settings.model,
-            "generation_status": status,
-            "generation_error": "" if text else "empty reply",
-            "status": status,
-        }
-
-    def failure(self, row: dict, error: str) -> dict:
-        return {
-            "generation": None,
-            "generation_model": self.settings.model,
-            "generation_status": "llm_error",
-            "generation_error": error,
-            "status": "llm_error",
-        }

@@ -12,9 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from backtrans.llm import Completion, LLMClient, LLMSettings
-from backtrans.store import content_key
-from backtrans.templates import Template
+from backtrans.llm import Completion
+from backtrans.tasks import PromptTask
 
 # "Score: 4", "**Score:** **4**", "score - 4/5", "Rating: 4 out of 5", "Score (1-5): 4", "the rating is 4"
 _SCORE_STATEMENT = re.compile(
@@ -113,42 +112,26 @@ def _digit_expectation(entry: dict, lo: int, hi: int) -> float | None:
 RESULT_COLUMNS = ("score", "reason", "model_name", "expected_score", "raw_output", "status", "error")
 
 
-class JudgeTask:
+class JudgeTask(PromptTask):
     """Render the judge template for a pair, ask the model, parse its verdict."""
 
     kind = "judge"
     output_columns = RESULT_COLUMNS
+    model_column = "model_name"
 
-    def __init__(self, template: Template, settings: LLMSettings):
-        self.template = template.require_kind("judge")
-        self.settings = settings
-        self.params = template.generation_params()
-
-    def key(self, row: dict) -> str:
-        return content_key(
-            self.kind, self.template.digest, self.settings.cache_identity(), self.params,
-            row["instruction"], row["generation"],
-        )
-
-    def skip(self, row: dict) -> dict | None:
-        return None
-
-    async def call(self, client: LLMClient, row: dict) -> Completion:
-        prompt = self.template.render(**row)
-        return await client.chat(prompt, **self.params)
+    def key_fields(self, row: dict) -> tuple[str, str]:
+        return row["instruction"], row["generation"]
 
     def parse(self, row: dict, completion: Completion) -> dict:
         lo, hi = self.template.score_min, self.template.score_max
         parsed = parse_score(completion.text, lo, hi)
-        return {
+        outputs = {
             "score": parsed.score,
             "reason": parsed.reason,
-            "model_name": completion.model or self.settings.model,
             "expected_score": expected_score(completion.logprobs, self._digit_offset(parsed), lo, hi),
             "raw_output": completion.text,
-            "status": parsed.status,
-            "error": parsed.error,
         }
+        return self.result(outputs, parsed.status, parsed.error, completion.model)
 
     def _digit_offset(self, parsed: ParsedScore) -> int:
         # With a "Score: " prefill the first generated token is the score, whatever the text became.
@@ -157,7 +140,4 @@ class JudgeTask:
         return parsed.start
 
     def failure(self, row: dict, error: str) -> dict:
-        return {
-            "score": None, "reason": "", "model_name": self.settings.model, "expected_score": None,
-            "raw_output": None, "status": "llm_error", "error": error,
-        }
+        return self.result({"reason": ""}, "llm_error", error)
