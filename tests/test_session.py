@@ -355,3 +355,44 @@ def test_on_a_space_each_owner_pushes_into_an_argilla_dataset_of_their_own(works
     assert alice.argilla_dataset_name("review") == "review-alice"
     assert anonymous.argilla_dataset_name("review") == f"review-{anonymous.owner.slug}"
     assert anonymous.owner.slug.startswith("anon-") and anonymous.argilla_dataset_name("").startswith("backtrans-")
+
+
+def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_llm, tmp_path, argilla_stack,
+                                                                 monkeypatch):
+    import argilla as rg
+
+    from backtrans import argilla_sync
+    from tests.conftest import Annotator
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_stack.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_stack.api_key)
+    rows = [{"instruction": f"plan question {i} [[score={1 + i % 5}]]", "generation": f"answer {i}"}
+            for i in range(200)]
+    session = _session(workspace, "planner")
+    session.inspect_upload(str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "pairs.jsonl")
+    session.load_upload("instruction", "generation")
+    _judge(session, fake_llm)
+    description, makeup = session.plan_review(40, threshold=4, seed=1, overlap_share=0.25)
+    assert int(makeup["to review"].sum()) == 40 and set(makeup["band"]) == {f"score {s}" for s in range(1, 6)}
+    assert "10 of them go to two reviewers" in description
+    assert "Pushed **40** records of the review plan" in session.argilla_push("plan-review", "backtrans", 4)
+
+    dataset = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key).datasets(
+        name="plan-review", workspace="backtrans")
+    records = list(dataset.records())
+    assert len(records) == 40
+    planned, _ = session.review_plan
+    server_ids = {str(r.id): r._server_id for r in records}
+    first, second = Annotator(argilla_stack, "plan-ann"), Annotator(argilla_stack, "plan-bob")
+    for row in planned.to_dict("records"):
+        good = row["score"] >= 3  # the reviewers' truth: a little more generous than the judge's A4
+        first.respond(server_ids[argilla_sync.record_id(row)], "keep" if good else "discard")
+        if row["overlap"]:
+            second.respond(server_ids[argilla_sync.record_id(row)], "keep" if good or row["score"] == 2 else "discard")
+    message, _, _, _ = session.argilla_pull("plan-review", "backtrans", "any-discard", 4)
+    assert "Pulled **40** reviewed records" in message and "plan-ann" in message and "plan-bob" in message
+    text, calibration, curves, suggested = session.review_estimates(0.8)
+    assert "Reviewed **40** pairs" in text and "Cohen's kappa" in text
+    assert {"human keep rate", "95% low", "95% high"} == set(calibration["series"])
+    assert {"precision", "precision 95% low", "recall"} <= set(curves["series"])
+    assert suggested is not None and suggested >= 3
