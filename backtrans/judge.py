@@ -109,6 +109,20 @@ def _digit_expectation(entry: dict, lo: int, hi: int) -> float | None:
     return round(sum(digit * w for digit, w in weights.items()) / total, 4)
 
 
+_REASON_LABEL = re.compile(r"\A[\s*_#]*(?:reason|explanation)[\s*_]*:[\s*_]*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def tidy_reason(reason: str, cut_off: bool) -> str:
+    """The reason as a reader sees it: without a leading "Reason:" label and, where the reply ran into
+    max_tokens, without the sentence it was cut off in (marked with an ellipsis when nothing else is left)."""
+    reason = _REASON_LABEL.sub("", reason, count=1).strip()
+    if cut_off and reason and not _SENTENCE_END.search(reason[-3:] + " "):
+        ends = list(_SENTENCE_END.finditer(reason))
+        reason = reason[: ends[-1].end()] if ends else reason.rstrip(" ,;:-") + "…"
+    return reason
+
+
 RESULT_COLUMNS = ("score", "reason", "model_name", "expected_score", "raw_output", "status", "error")
 
 
@@ -125,9 +139,10 @@ class JudgeTask(PromptTask):
     def parse(self, row: dict, completion: Completion) -> dict:
         lo, hi = self.template.score_min, self.template.score_max
         parsed = parse_score(completion.text, lo, hi)
+        cut_off = completion.completion_tokens >= self.params["max_tokens"]
         outputs = {
             "score": parsed.score,
-            "reason": parsed.reason,
+            "reason": tidy_reason(parsed.reason, cut_off),
             "expected_score": expected_score(completion.logprobs, self._digit_offset(parsed), lo, hi),
             "raw_output": completion.text,
         }

@@ -8,7 +8,10 @@ in-memory RunStore), and report
     scale's midpoint, so a judge that never parses sits at 0.5),
   - AUC of expected_score (the digit-probability expectation), falling back to the parsed score where a
     reply has no logprobs, and to the midpoint where it has neither,
-  - the share of replies that parsed, the mean score of good vs bad pairs, and seconds per pair.
+  - the share of replies that parsed, the mean score of good vs bad pairs, and seconds per pair,
+  - what the reasons are worth: the share of non-empty reasons; the share that copy the rubric (at least
+    half of the reason's word 4-grams occur in one of the template's own lines); and the share that name
+    something of the pair (a word of the instruction or answer that is not a stop word and not in the rubric).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/judge_quality.py \
         --models smollm2-135m qwen2.5-coder-1.5b --templates humpback humpback-short \
@@ -29,6 +32,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -66,6 +70,60 @@ def auc(scores: list[float], labels: list[int]) -> float | None:
         for b in bad:
             wins += 1.0 if g > b else 0.5 if g == b else 0.0
     return wins / (len(good) * len(bad))
+
+
+# --- reasons ----------------------------------------------------------------------------------------------
+
+COPY_SHARE = 0.5  # a reason whose word 4-grams come from the rubric at least this often copies it
+_STOP = frozenset("""
+a an the and or but if of to in on at by for with from as is are was were be been being it its this that
+these those there their they them he she his her we our you your i me my not no nor so than then too very can
+could would should will shall may might must do does did done has have had having what which who whom whose
+when where why how all any both each few more most other some such only own same just also about into over
+under again further once here out up down off above below between through during before after answer
+answers response question instruction user score rating reason because does doesn't isn't instead
+""".split())
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+
+
+def _grams(words: list[str], n: int = 4) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def rubric_text(source: str) -> list[str]:
+    """The template's own lines: its text without the header comment and without Jinja tags."""
+    body = re.sub(r"\{#.*?#\}", "", source, flags=re.DOTALL)
+    body = re.sub(r"\{\{.*?\}\}|\{%.*?%\}", "", body, flags=re.DOTALL)
+    return [line for line in body.splitlines() if line.strip()]
+
+
+def copies_rubric(reason: str, rubric_grams: set[tuple[str, ...]]) -> bool:
+    grams = _grams(_words(reason))
+    return bool(grams) and len(grams & rubric_grams) >= COPY_SHARE * len(grams)
+
+
+def names_the_pair(reason: str, row: dict, rubric_words: set[str]) -> bool:
+    pair = set(_words(row["instruction"] + " " + row["generation"]))
+    return any(w in pair and w not in rubric_words and w not in _STOP and len(w) > 2 for w in _words(reason))
+
+
+def reason_figures(rows: list[dict], results: list[dict], rubric: list[str]) -> dict:
+    rubric_grams = set().union(*(_grams(_words(line)) for line in rubric)) if rubric else set()
+    rubric_words = set(_words(" ".join(rubric)))
+    reasons = [(res.get("reason") or "").strip() for res in results]
+    n = len(reasons)
+    if not n:
+        return {}
+    return {
+        "reason_nonempty_share": round(sum(bool(r) for r in reasons) / n, 3),
+        "reason_copies_rubric_share": round(sum(copies_rubric(r, rubric_grams) for r in reasons) / n, 3),
+        "reason_names_pair_share": round(
+            sum(names_the_pair(r, row, rubric_words) for r, row in zip(reasons, rows, strict=True)) / n, 3),
+        "reason_words_median": statistics.median(len(_words(r)) for r in reasons),
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -158,6 +216,7 @@ def run_cell(model: str, template_name: str, rows: list[dict], args: argparse.Na
     finally:
         server.stop()
     summary = summarise(rows, results, template.score_min, template.score_max)
+    summary.update(reason_figures(rows, results, rubric_text(template.source)))
     summary.update(
         model=model,
         template=template_name,
@@ -173,7 +232,8 @@ def run_cell(model: str, template_name: str, rows: list[dict], args: argparse.Na
         llm_errors=sum(r["status"] == "llm_error" for r in results),
         rows=[
             {k: row[k] for k in ("label", "kind")} | {"instruction": row["instruction"][:60]}
-            | {k: res[k] for k in ("score", "expected_score", "status", "raw_output")} | {"seconds": round(s, 2)}
+            | {k: res[k] for k in ("score", "expected_score", "status", "reason", "raw_output")}
+            | {"seconds": round(s, 2)}
             for row, res, s in zip(rows, results, seconds, strict=True)
         ],
     )
@@ -199,6 +259,19 @@ def table(cells: list[dict]) -> str:
             f"{_fmt(c['mean_expected_good'], '.2f')} / {_fmt(c['mean_expected_bad'], '.2f')}",
             f"{_fmt(c['seconds_per_pair'], '.1f')} ({_fmt(c.get('seconds_median'), '.1f')})",
             _fmt(c.get("completion_tokens_per_pair"), ".0f"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def reason_table(cells: list[dict]) -> str:
+    head = ("model", "template", "n", "reason non-empty", f"copies rubric (>={COPY_SHARE:.0%} of 4-grams)",
+            "names the pair", "words (median)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        lines.append("| " + " | ".join([
+            c["model"], c["template"], str(c["n"]), _fmt(c.get("reason_nonempty_share"), ".0%"),
+            _fmt(c.get("reason_copies_rubric_share"), ".0%"), _fmt(c.get("reason_names_pair_share"), ".0%"),
+            _fmt(c.get("reason_words_median"), ".0f"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -244,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             print(table(cells[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
 
     print(table(cells))
+    print()
+    print(reason_table(cells))
     print(f"\nAUC: unparsed replies count as the midpoint. 'expected' = expected_score, else the parsed score. "
           f"threads={args.threads} parallel={args.parallel}; s/pair excludes one warm-up call.")
     if args.json:

@@ -1,8 +1,9 @@
+import dataclasses
 import math
 
 import pytest
 
-from backtrans.judge import JudgeTask, expected_score, parse_score
+from backtrans.judge import JudgeTask, expected_score, parse_score, tidy_reason
 from backtrans.llm import LLMSettings
 from backtrans.runner import run_one
 from backtrans.templates import load_template
@@ -146,3 +147,60 @@ def test_cache_key_depends_on_template_model_and_text():
     assert key != JudgeTask(short, settings).key(row)
     assert key != JudgeTask(paper, LLMSettings(model="b")).key(row)
     assert key != JudgeTask(paper, settings).key({"instruction": "q", "generation": "b"})
+
+
+# (reason as parsed, cut off at max_tokens?, the reason a reader gets)
+TIDY = [
+    ("Reason: It gives the formula F = C x 9/5 + 32.", False, "It gives the formula F = C x 9/5 + 32."),
+    ("**Reason:** It names three tips.", False, "It names three tips."),
+    ("reason: it is about basil, not eggs.", False, "it is about basil, not eggs."),
+    ("Reason: It explains slicing. It also does not show the", True, "It explains slicing."),
+    ("Reason: It explains slicing. It also does not show the", False,
+     "It explains slicing. It also does not show the"),  # a reply that stopped by itself is left whole
+    ("It covers blotting the stain, but it", True, "It covers blotting the stain, but it…"),
+    ("It uses 3.5 cups (about 800 ml). Then", True, "It uses 3.5 cups (about 800 ml)."),
+    ("The reason it fails: it is about photosynthesis.", False, "The reason it fails: it is about photosynthesis."),
+    ("", True, ""),
+]
+
+
+@pytest.mark.parametrize(("reason", "cut_off", "tidy"), TIDY)
+def test_tidy_reason_drops_the_label_and_a_cut_off_sentence(reason, cut_off, tidy):
+    assert tidy_reason(reason, cut_off) == tidy
+
+
+def test_judge_task_marks_a_reason_cut_off_by_max_tokens(fake_llm):
+    # The fake answers "2\nBecause it fits." one token at a time; three tokens stop inside the reason.
+    template = dataclasses.replace(load_template("humpback-short"), max_tokens=3)
+    task = JudgeTask(template, LLMSettings(base_url=fake_llm.url, model="fake-judge"))
+    result = run_one(task, {"instruction": "Say hi [[score=2]]", "generation": "Hi!"})
+    assert result["raw_output"] == "Score: 2\nBecause"
+    assert result["score"] == 2 and result["reason"] == "Because…"
+
+
+def test_short_template_asks_for_a_reason_after_the_score_within_its_token_budget():
+    template = load_template("humpback-short")
+    prompt = template.render(instruction="How do I boil an egg?", generation="Boil it for 10 minutes.")
+    assert template.prefill == "Score: " and template.logprobs
+    assert 'write "Reason: "' in prompt and "names what this answer says" in prompt
+    assert prompt.rstrip().endswith("Boil it for 10 minutes.")  # the pair last: the rubric is a cached prefix
+    assert template.max_tokens >= 40  # room for "N\nReason: " and a 20-word sentence
+
+
+PAIRS = [
+    {"instruction": "How do I boil an egg so that the yolk is fully firm?",
+     "generation": "Cover the egg with cold water, bring it to a boil, then leave it covered off the heat for "
+                   "10 to 12 minutes and cool it in cold water."},
+    {"instruction": "What is the capital of Australia?",
+     "generation": "Treat basil like cut flowers: trim the stems and stand them in a glass of water."},
+]
+
+
+@pytest.mark.parametrize("row", PAIRS, ids=["matched", "mismatched"])
+def test_short_template_replies_from_the_real_model_give_a_score_and_a_reason(local_llm, row):
+    settings = LLMSettings(base_url=local_llm.base_url, model=local_llm.model, timeout_s=120)
+    result = run_one(JudgeTask(load_template("humpback-short"), settings), row)
+    assert result["raw_output"].startswith("Score: ")
+    assert 1.0 <= result["expected_score"] <= 5.0  # the score: the digit probabilities right after the prefill
+    assert result["reason"].strip(), result["raw_output"]
+    assert not result["reason"].lower().startswith("reason:")
