@@ -144,7 +144,10 @@ def plan_metadata() -> list:
     import argilla as rg
 
     return [rg.TermsMetadataProperty(name="stratum", title="Sample stratum"),
-            rg.FloatMetadataProperty(name="inclusion_prob", title="Inclusion probability", min=0.0, max=1.0)]
+            rg.FloatMetadataProperty(name="inclusion_prob", title="Inclusion probability", min=0.0, max=1.0),
+            # 1 marks a record the plan gives a second reviewer. Argilla's distribution is per dataset only,
+            # so this is how reviewers can filter for them.
+            rg.IntegerMetadataProperty(name="overlap", title="Second reviewer wanted", min=0, max=1)]
 
 
 def _shape(settings) -> dict[str, tuple[str, ...]]:
@@ -225,6 +228,9 @@ def _plan_values(row: dict) -> dict:
         if prob is None or not 0 < prob <= 1:
             raise ValueError(f"inclusion_prob must be a number in (0, 1], not {row['inclusion_prob']!r}")
         values["inclusion_prob"] = prob
+    overlap = row.get("overlap")
+    if overlap is not None and not (isinstance(overlap, float) and math.isnan(overlap)):
+        values["overlap"] = int(bool(overlap))
     return values
 
 
@@ -516,6 +522,8 @@ def _row_from_record(item: dict) -> dict:
     for name in ("stratum", "inclusion_prob"):  # the review plan's columns come back for the estimates
         if name in metadata:
             row[name] = metadata[name]
+    if "overlap" in metadata:
+        row["overlap"] = bool(metadata["overlap"])
     return row
 
 
@@ -559,6 +567,7 @@ def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: float
         out["human_score"] = decision.human_score if decision else None
         out["human_note"] = decision.human_note if decision else ""
         out["reviewer"] = decision.reviewer if decision else ""
+        out["human_votes"] = dict(decision.votes) if decision and decision.votes else None  # reviewer agreement
         llm_keep = bool(judge_keeps(row, threshold, by))
         out["final_keep"] = out["human_keep"] if out["human_keep"] is not None else llm_keep
         merged.append(out)
@@ -670,3 +679,35 @@ def format_report(report: dict) -> str:
         "  annotators: " + ("; ".join(f"{user} {counts}" for user, counts in report["annotators"].items()) or "none"),
     ]
     return "\n".join(lines)
+
+
+# --- a review plan ------------------------------------------------------------------------------------------
+
+OVERLAP_SUFFIX = "-overlap"
+
+
+def push_plan(rows: list[dict], dataset_name: str, config: ArgillaConfig, *, design: str | None = None,
+              **kwargs) -> list[PushReport]:
+    """A review plan's rows. How many reviewers a record needs is a setting of the whole dataset (its task
+    distribution), so the plan's overlap share goes to `<name>-overlap`, which asks for two; the rest to `<name>`,
+    reviewed once. `pull_plan` reads both back as one."""
+    single = [row for row in rows if not row.get("overlap")]
+    double = [row for row in rows if row.get("overlap")]
+    reports = []
+    if single:
+        reports.append(push(single, dataset_name, config, design=design, overlap=1, **kwargs))
+    if double:
+        note = (design + "\n\n" if design else "") + "These records are the plan's overlap: two reviewers each."
+        reports.append(push(double, dataset_name + OVERLAP_SUFFIX, config, design=note, overlap=2, **kwargs))
+    return reports
+
+
+def pull_plan(dataset_name: str, config: ArgillaConfig, policy: str = "majority") -> dict[str, Decision]:
+    """`pull` of a dataset and, where there is one, of its overlap dataset: one decision per record."""
+    decisions = pull(dataset_name, config, policy)
+    try:
+        decisions.update(pull(dataset_name + OVERLAP_SUFFIX, config, policy))
+    except ArgillaError as exc:
+        if "no dataset" not in str(exc):
+            raise
+    return decisions

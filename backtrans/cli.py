@@ -329,6 +329,10 @@ def cmd_review(args: argparse.Namespace) -> int:
                 writer.write(row)
         print(summary.describe(), file=sys.stderr)
         return 0
+    try:
+        review.check_population(frame)
+    except review.ReviewError as exc:
+        raise UsageError(f"{args.input}: {exc}") from None
     if args.target_precision is not None:
         chosen = review.choose_threshold(frame, args.target_precision, args.by)
         if chosen is None:
@@ -398,7 +402,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         elif local.external_argilla():
             print(f"Argilla: {os.environ['ARGILLA_API_URL']} (external, from ARGILLA_API_URL)")
         print(f"App:     http://127.0.0.1:{os.environ.get('GRADIO_SERVER_PORT', '7860')} "
-              "(`make run`, or `eval \"$(python -m backtrans local env)\" && python app.py`)")
+              "(`make run`, or `eval \"$(python -m backtrans local env)\" && python -m backtrans local app`)")
     elif args.action == "down":
         stopped = local.down()
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
@@ -434,19 +438,22 @@ def cmd_argilla(args: argparse.Namespace) -> int:
                                           "judge's measure; " + "; ".join(
                                               f"{band}: {count} (inclusion probability {p:.3g})"
                                               for band, (count, p) in sorted(bands.items())))
-            if args.overlap is None and any(row.get("overlap") for row in rows):
-                args.overlap = 2
 
+        options = {"template": args.template, "threshold": args.min_score, "by": args.by,
+                   "batch_size": args.batch_size, "resume": not args.no_resume}
         with tqdm(total=len(rows), unit="record", file=sys.stderr, desc="push") as bar:
-            report = argilla_sync.push(rows, args.dataset, config, template=args.template, threshold=args.min_score,
-                                       by=args.by, batch_size=args.batch_size, overlap=args.overlap,
-                                       design=args.design, resume=not args.no_resume,
-                                       on_progress=lambda n: bar.update(n - bar.n))
-        already = f" ({report.skipped} already there)" if report.skipped else ""
-        print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",
-              file=sys.stderr)
+            options["on_progress"] = lambda n: bar.update(n - bar.n)
+            if any(row.get("overlap") for row in rows) and args.overlap is None:
+                reports = argilla_sync.push_plan(rows, args.dataset, config, design=args.design, **options)
+            else:
+                reports = [argilla_sync.push(rows, args.dataset, config, overlap=args.overlap, design=args.design,
+                                             **options)]
+        for report in reports:
+            already = f" ({report.skipped} already there)" if report.skipped else ""
+            print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",
+                  file=sys.stderr)
         return 0
-    decisions = argilla_sync.pull(args.dataset, config, args.policy)
+    decisions = argilla_sync.pull_plan(args.dataset, config, args.policy)
     print(argilla_sync.format_summary(argilla_sync.summary(decisions)), file=sys.stderr)
     if args.scored:
         rows = [located.row for located in iter_rows(args.scored)]

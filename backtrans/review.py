@@ -267,6 +267,21 @@ def _interval(estimate: float, variance: float, smoothed: float) -> Interval:
     return Interval(estimate, min(low, estimate), max(high, estimate))
 
 
+class ReviewError(ValueError):
+    """Data the estimates cannot be honest about. The message says what to give instead."""
+
+
+def check_population(rows: Iterable[dict] | pd.DataFrame) -> None:
+    """Estimates need every judged pair, reviewed or not: the reviewed sample alone over-weights the bands the
+    plan over-sampled. A file of plan rows only, all reviewed, is refused."""
+    frame = _frame(rows)
+    if "inclusion_prob" in frame and len(frame) and _reviewed(frame).all():
+        probabilities = pd.to_numeric(frame["inclusion_prob"], errors="coerce")
+        if (probabilities < 1).any():
+            raise ReviewError("every row here is a reviewed row of a review plan: give the whole scored file with "
+                              "the decisions merged in (`argilla pull --scored SCORED`), so each band's size is known")
+
+
 def estimate(rows: Iterable[dict] | pd.DataFrame, threshold: float, by: str | None = None) -> Report:
     """Precision and recall of the judge's kept set at `threshold`, from the reviewed rows (`human_keep`).
 

@@ -588,22 +588,22 @@ class Session:
         if self.bench is None or not len(self.bench):
             return "Judge some data first."
         name = self.argilla_dataset_name(dataset)
-        design, overlap = None, None
-        rows = self.bench.all_rows()
-        if self.review_plan is not None:
-            planned, summary = self.review_plan
-            rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
-                    for row in planned.to_dict("records")]
-            design, overlap = summary.describe(), 2 if summary.overlap else None
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            report = argilla_sync.push(rows, name, config, template=self.template, threshold=threshold,
-                                       by=self.bench.keep_by, on_progress=on_progress, design=design,
-                                       overlap=overlap)
+            options = {"template": self.template, "threshold": threshold, "by": self.bench.keep_by,
+                       "on_progress": on_progress}
+            if self.review_plan is None:
+                reports = [argilla_sync.push(self.bench.all_rows(), name, config, **options)]
+            else:
+                planned, summary = self.review_plan
+                rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
+                        for row in planned.to_dict("records")]
+                reports = argilla_sync.push_plan(rows, name, config, design=summary.describe(), **options)
         except argilla_sync.ArgillaError as exc:
             return f"**Push failed.** {exc}"
         what = "records of the review plan" if self.review_plan is not None else "records"
-        return f"Pushed **{report.pushed}** {what} to [{report.workspace}/{report.dataset}]({report.url})."
+        places = " and ".join(f"[{r.workspace}/{r.dataset}]({r.url})" for r in reports)
+        return f"Pushed **{sum(r.pushed for r in reports)}** {what} to {places}."
 
     def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float):
         """Reviewers' decisions merged into the rows; returns (message, report text, confusion, disagreements)."""
@@ -615,15 +615,12 @@ class Session:
         bench = self.bench
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            decisions = argilla_sync.pull(self.argilla_dataset_name(dataset), config, policy)
+            decisions = argilla_sync.pull_plan(self.argilla_dataset_name(dataset), config, policy)
         except argilla_sync.ArgillaError as exc:
             return f"**Pull failed.** {exc}", "", empty, pd.DataFrame()
         merged = argilla_sync.merge(bench.all_rows(), decisions, threshold, bench.keep_by)
-        for column in ("human_keep", "human_score", "human_note", "reviewer"):
+        for column in ("human_keep", "human_score", "human_note", "reviewer", "human_votes"):
             bench.frame[column] = [row[column] for row in merged]
-        # every reviewer's vote, for agreement between reviewers on the overlap
-        bench.frame["human_votes"] = [getattr(decisions.get(argilla_sync.record_id(row)), "votes", None) or None
-                                      for row in merged]
         report = argilla_sync.agreement(merged, threshold, decisions, bench.keep_by)
         confusion = pd.DataFrame(
             [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}

@@ -158,6 +158,9 @@ def test_review_plan_estimate_and_a_calibrated_curate(tmp_path, capsys):
     for row in rows:  # a reviewer's decision wins; the calibrated threshold decides the rest
         expected = row["human_keep"] if row["human_keep"] is not None else row["expected_score"] >= report["threshold"]
         assert (row["instruction"] in kept) == expected
+    plan_only = [{**p, "human_keep": True} for p in plan]  # the reviewed sample without the rest: refused
+    assert main(["review", "estimate", str(write_jsonl(tmp_path / "plan_only.jsonl", plan_only))]) == 2
+    assert "give the whole scored file" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     assert main(["curate", str(reviewed), "-o", str(tmp_path / "x.jsonl"), "--threshold-from",
                  str(tmp_path / "bad.json")]) == 2

@@ -375,12 +375,15 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     description, makeup = session.plan_review(40, threshold=4, seed=1, overlap_share=0.25)
     assert int(makeup["to review"].sum()) == 40 and set(makeup["band"]) == {f"score {s}" for s in range(1, 6)}
     assert "10 of them go to two reviewers" in description
-    assert "Pushed **40** records of the review plan" in session.argilla_push("plan-review", "backtrans", 4)
+    pushed = session.argilla_push("plan-review", "backtrans", 4)
+    assert "Pushed **40** records of the review plan" in pushed and "plan-review-overlap" in pushed
 
-    dataset = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key).datasets(
-        name="plan-review", workspace="backtrans")
-    records = list(dataset.records())
-    assert len(records) == 40
+    client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
+    once, twice = (client.datasets(name=name, workspace="backtrans") for name in ("plan-review", "plan-review-overlap"))
+    # how many reviewers a record needs is a dataset setting: only the overlap's dataset asks for two
+    assert once.settings.distribution.min_submitted == 1 and twice.settings.distribution.min_submitted == 2
+    records = list(once.records()) + list(twice.records())
+    assert len(records) == 40 and len(list(twice.records())) == 10
     planned, _ = session.review_plan
     server_ids = {str(r.id): r._server_id for r in records}
     first, second = Annotator(argilla_stack, "plan-ann"), Annotator(argilla_stack, "plan-bob")
