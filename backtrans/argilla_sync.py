@@ -693,12 +693,18 @@ def push_plan(rows: list[dict], dataset_name: str, config: ArgillaConfig, *, des
     reviewed once. `pull_plan` reads both back as one."""
     single = [row for row in rows if not row.get("overlap")]
     double = [row for row in rows if row.get("overlap")]
+    on_progress = kwargs.pop("on_progress", None)
     reports = []
     if single:
-        reports.append(push(single, dataset_name, config, design=design, overlap=1, **kwargs))
+        reports.append(push(single, dataset_name, config, design=design, overlap=1, on_progress=on_progress,
+                            **kwargs))
     if double:
         note = (design + "\n\n" if design else "") + "These records are the plan's overlap: two reviewers each."
-        reports.append(push(double, dataset_name + OVERLAP_SUFFIX, config, design=note, overlap=2, **kwargs))
+        # One count over both datasets, so that a caller's progress bar keeps climbing.
+        offset = len(single)
+        shifted = (lambda n: on_progress(offset + n)) if on_progress else None
+        reports.append(push(double, dataset_name + OVERLAP_SUFFIX, config, design=note, overlap=2,
+                            on_progress=shifted, **kwargs))
     return reports
 
 

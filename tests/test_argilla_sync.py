@@ -210,6 +210,12 @@ def test_cli_push_and_pull(argilla_stack, argilla_config, tmp_path, monkeypatch,
                  "--report", str(report)]) == 0
     printed = capsys.readouterr()
     assert "Cohen's kappa" in printed.out and argilla_stack.api_key not in printed.out + printed.err
+    assert "Pulled 6 records: 1 with a decision, 1 votes from 1 reviewers (reviewer-c)" in printed.err
+    assert main(["argilla", "push", str(scored), "--dataset", "cli-set", "--overlap", "2",
+                 "--design", "every pair, once"]) == 0
+    assert "pushed 0 records (6 already there)" in capsys.readouterr().err
+    dataset = _sdk(argilla_stack).datasets(name="cli-set", workspace="backtrans")
+    assert dataset.settings.distribution.min_submitted == 2 and dataset.settings.guidelines.endswith("once")
     merged = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["final_keep"] for r in merged] == [False, False, False, True, False, False]
     assert merged[4]["human_keep"] is False and merged[4]["reviewer"] == "reviewer-c"
@@ -306,13 +312,13 @@ def test_a_killed_5000_record_push_resumes_without_duplicates(argilla_stack, arg
 
 
 def test_plan_push_with_overlap_two_reviewers_votes_and_progress(argilla_stack, argilla_config):
-    rows = [{**row, "stratum": f"band-{row['score']}", "inclusion_prob": round(0.1 * row["score"], 2)}
-            for row in _scored(6, "plan")]
+    rows = [{**row, "stratum": f"band-{row['score']}", "inclusion_prob": round(0.1 * row["score"], 2),
+             "overlap": i < 2} for i, row in enumerate(_scored(6, "plan"))]
     design = "Stratified by score band; 10% of records go to two reviewers."
     A.push(rows, "plan-set", argilla_config, design=design, overlap=2)
     client = _sdk(argilla_stack)
     dataset = client.datasets(name="plan-set", workspace="backtrans")
-    assert {"stratum", "inclusion_prob"} <= {m.name for m in dataset.settings.metadata}
+    assert {"stratum", "inclusion_prob", "overlap"} <= {m.name for m in dataset.settings.metadata}
     assert dataset.settings.guidelines.endswith(design)
     assert dataset.settings.distribution.min_submitted == 2
     by_id = {str(r.id): r for r in dataset.records()}
@@ -330,6 +336,7 @@ def test_plan_push_with_overlap_two_reviewers_votes_and_progress(argilla_stack, 
     assert decisions[A.record_id(rows[1])].votes == {"overlap-a": "keep", "overlap-b": "discard"}
     assert decisions[A.record_id(rows[0])].scores == {"overlap-a": 4, "overlap-b": 5}
     assert decisions[A.record_id(rows[2])].row["stratum"] == "band-3"
+    assert [decisions[A.record_id(row)].row["overlap"] for row in rows] == [True, True, False, False, False, False]
     progress = A.progress_by_reviewer("plan-set", argilla_config)
     assert progress.get("overlap-a") == 3 and progress.get("overlap-b") == 2
     # Two reviewers are asked for: records 0 and 1 are complete, record 2 (one reviewer) is still pending.
@@ -353,3 +360,16 @@ def test_first_push_prints_no_sdk_lookup_warnings(argilla_stack, argilla_config,
     with pytest.raises(A.ArgillaError, match="no dataset"):
         A.pull("never-made", config)
     assert not [w for w in recwarn if "not found" in str(w.message)]
+
+
+def test_a_plan_with_overlap_counts_progress_across_both_datasets(argilla_stack, argilla_config):
+    rows = [{**row, "overlap": i % 3 == 0} for i, row in enumerate(_scored(7, "split"))]
+    progress: list[int] = []
+    reports = A.push_plan(rows, "split-set", argilla_config, design="a plan", on_progress=progress.append)
+    assert [(r.dataset, r.pushed) for r in reports] == [("split-set", 4), ("split-set-overlap", 3)]
+    assert progress == sorted(progress) and progress[-1] == 7
+    client = _sdk(argilla_stack)
+    assert client.datasets(name="split-set-overlap", workspace="backtrans").settings.distribution.min_submitted == 2
+    assert client.datasets(name="split-set", workspace="backtrans").settings.distribution.min_submitted == 1
+    decisions = A.pull_plan("split-set", argilla_config)
+    assert set(decisions) == {A.record_id(row) for row in rows}
