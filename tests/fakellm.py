@@ -8,7 +8,8 @@ the prompt, so runs are reproducible:
 - with `logprobs`, the score digit carries top_logprobs peaked at the score.
 Faults (429 with Retry-After, 500, hangs, garbage text) are drawn per request from a seeded RNG.
 A latency tail: `tail_rate` of the requests take `tail_s` longer (a heavy tail as real providers have).
-A prompt containing `[[hang=S]]` is answered only after S seconds, every time it is asked.
+A prompt containing `[[hang=S]]` is answered only after S seconds, every time it is asked; one containing
+`[[same-line]]` is judged with its reason and score on one line.
 The OpenAI Batch API: POST /v1/files (multipart upload), GET /v1/files/ID/content, POST /v1/batches,
 GET /v1/batches/ID; a batch's requests go through the same chat logic (faults included) after
 `batch_delay_s`, and failed ones land in its error file.
@@ -222,6 +223,8 @@ class FakeLLM:
         score = judge_score(prompt)
         if garbage:
             tokens = ["~~", "lorem", " ipsum", " ###"]
+        elif is_judge and "[[same-line]]" in prompt:  # a judge that puts its reason on the score's line
+            tokens = ["The", " pair", " is", " on", "-topic", ".", " Score", ":", " ", str(score)]
         elif is_judge and prefill:
             tokens = [str(score), "\n", "Because", " it", " fits", "."]
         elif is_judge:

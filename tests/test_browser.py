@@ -248,3 +248,23 @@ def test_a_second_dataset_starts_clean_and_an_override_follows_its_row(page: Pag
     expect(page.locator("#record-detail")).to_have_text("")
     expect(page.locator("#override-keep")).to_be_disabled()
     expect(page.locator("#threshold-counts")).not_to_contain_text("overrides")
+
+
+def test_reasons_on_the_scores_line_show_in_the_review(page: Page, plain_app):
+    page.goto(plain_app.url)
+    page.click("#data-sample")
+    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+    _tab(page, "3 · Judge")
+    page.locator("#judge-template input").click()
+    page.get_by_role("option", name="custom", exact=True).click()
+    page.get_by_text("Template and prompt preview").click()
+    editor = page.locator("#judge-custom-template .cm-content")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("[[same-line]] Rate this pair, then write Score: N.\n{{ instruction }}\n{{ generation }}")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    _tab(page, "4 · Review")
+    reasons = page.locator('#results-table [data-testid^="cell-"][data-testid$="-5"]')
+    expect(reasons.first).to_have_text("The pair is on-topic.")
+    assert reasons.count() >= 10 and all(text == "The pair is on-topic." for text in reasons.all_inner_texts())
