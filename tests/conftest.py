@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(items: list) -> None:
             if fixture in SERVER_MARKS:
                 item.add_marker(SERVER_MARKS[fixture])
                 item.add_marker("slow")
-    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
+    playwright = {"page", "browser", "context"}
+    items.sort(key=lambda item: bool(playwright & set(getattr(item, "fixturenames", ()))))
 
 
 @pytest.fixture(scope="session")
