@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
 
-from throughput import ROOT, FakeServer, code_version, measure, our_cli, parse_summary, write_pairs
+from throughput import ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary, write_pairs
 
 COUNTS = re.compile(r"retries (\d+) · requests (\d+)"
                     r"(?: · hedges (\d+) \(([\d.]+)% extra load, (\d+) answered first\))?")
@@ -129,11 +128,7 @@ def main() -> int:
     parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    pairs = work / "pairs.jsonl"
-    write_pairs(pairs, args.rows)
+    work, pairs = fresh_workdir(args.workdir, args.rows)
     version = code_version()
     print(f"backtrans at {version}")
     lines = [f"backtrans at `{version}`.", ""]

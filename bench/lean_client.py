@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from throughput import ENV, ROOT, FakeServer, code_version, measure, our_cli, parse_summary, write_pairs
+from throughput import ENV, ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary
 
 # Cumulative: each row adds one lever to the one above it.
 LADDER = [
@@ -63,11 +62,7 @@ def main() -> int:
     parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    pairs = work / "pairs.jsonl"
-    write_pairs(pairs, args.rows)
+    work, pairs = fresh_workdir(args.workdir, args.rows)
     n, c, latency = args.rows, args.concurrency, args.latency
     ideal = math.ceil(n / c) * latency
     version = code_version()

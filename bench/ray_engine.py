@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from throughput import ROOT, FakeServer, code_version, measure, our_cli, parse_summary, write_pairs
+from throughput import ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary
 
 
 def main() -> int:
@@ -30,11 +29,7 @@ def main() -> int:
     parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    pairs = work / "pairs.jsonl"
-    write_pairs(pairs, args.rows)
+    work, pairs = fresh_workdir(args.workdir, args.rows)
     n, c, latency = args.rows, args.concurrency, args.latency
     in_flight = args.actors * c
     ideal = math.ceil(n / in_flight) * latency

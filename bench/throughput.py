@@ -154,6 +154,16 @@ def write_pairs(path: Path, n: int) -> None:
             }) + "\n")
 
 
+def fresh_workdir(workdir: str, rows: int) -> tuple[Path, Path]:
+    """An emptied work folder holding `rows` pairs: every benchmark starts from the same clean slate."""
+    work = Path(workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pairs = work / "pairs.jsonl"
+    write_pairs(pairs, rows)
+    return work, pairs
+
+
 def our_cli(input_path: Path, output: Path, store: Path, url: str, concurrency: int) -> list[str]:
     return [sys.executable, "-m", "backtrans", "score", str(input_path), "-o", str(output), "--base-url", url,
             "--model", "fake", "--concurrency", str(concurrency), "--store", str(store), "--no-progress"]
@@ -194,11 +204,7 @@ def main() -> int:
     parser.add_argument("--markdown", metavar="PATH", help="also write the figures as a markdown table")
     args = parser.parse_args()
 
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    pairs = work / "pairs.jsonl"
-    write_pairs(pairs, args.rows)
+    work, pairs = fresh_workdir(args.workdir, args.rows)
     n, latency = args.rows, args.latency
     if not args.no_distilabel:
         ensure_distilabel()
