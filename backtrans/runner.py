@@ -394,8 +394,7 @@ class FileJob:
         store = RunStore(self.store_path)
         try:
             config = self.run_config()
-            run_id = (run_id or store.find_run(self.task.kind, config)
-                      or store.start_run(self.task.kind, config, parent=self.parent_run_id))
+            run_id = run_id or store.resume_or_start(self.task.kind, config, parent=self.parent_run_id)
             progress = Progress(total=total)
             # A later round keeps the earlier round's verdict beside its own: score_r1, reason_r1, ...
             earlier = len(store.lineage(self.parent_run_id)) if self.parent_run_id else 0
@@ -449,7 +448,7 @@ async def stream_results(
     store = RunStore(store_path)
     client = LLMClient(task.settings)
     progress = Progress(total=len(rows))
-    run_id = store.find_run(task.kind, run_config, owner) or store.start_run(task.kind, run_config, owner=owner)
+    run_id = store.resume_or_start(task.kind, run_config, owner)
     try:
         index, last_tick = 0, 0.0
         async for row, result in run_rows(rows, task, client, store, run_id, progress, ticks=ticks):

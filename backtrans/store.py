@@ -131,6 +131,10 @@ class RunStore:
         ).fetchone()
         return row[0] if row else None
 
+    def resume_or_start(self, kind: str, config: dict, owner: str = "", parent: str | None = None) -> str:
+        """The owner's unfinished run with exactly this configuration, else a new one: what every engine runs under."""
+        return self.find_run(kind, config, owner) or self.start_run(kind, config, parent=parent, owner=owner)
+
     def finish_run(self, run_id: str) -> None:
         self.db.execute("UPDATE runs SET finished=? WHERE run_id=?", (time.time(), run_id))
 

@@ -176,8 +176,7 @@ def run_job(job: FileJob, poll_s: float = 10.0, on_progress: Callable[[Progress]
     store = RunStore(job.store_path)
     try:
         config = {**job.run_config(), "engine": "batch"}
-        run_id = run_id or store.find_run(job.task.kind, config) or store.start_run(
-            job.task.kind, config, parent=job.parent_run_id)
+        run_id = run_id or store.resume_or_start(job.task.kind, config, parent=job.parent_run_id)
         state_path = Path(f"{job.store_path}.batch-{run_id}.json")
         client = _sdk(job.task.settings)
         if state_path.exists():  # an interrupted job: poll what was already paid for
@@ -251,8 +250,7 @@ def ingest_file(job: FileJob, results: str | Path, on_progress: Callable[[Progre
     store = RunStore(job.store_path)
     try:
         config = {**job.run_config(), "engine": "batch"}
-        run_id = run_id or store.find_run(job.task.kind, config) or store.start_run(
-            job.task.kind, config, parent=job.parent_run_id)
+        run_id = run_id or store.resume_or_start(job.task.kind, config, parent=job.parent_run_id)
         progress = Progress(total=total)
         with Path(results).open(encoding="utf-8") as handle:
             ingest(job, store, run_id, handle, progress, on_progress,

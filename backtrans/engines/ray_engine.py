@@ -213,7 +213,7 @@ def run_job(job: FileJob, address: str | None = None, actors: int | None = None,
     store = RunStore(job.store_path)
     config = job.run_config()
     kind = job.task.kind
-    run_id = run_id or store.find_run(kind, config) or store.start_run(kind, config, parent=job.parent_run_id)
+    run_id = run_id or store.resume_or_start(kind, config, parent=job.parent_run_id)
     started_here = connect(address)
     progress = Progress(total=total)
     try:
