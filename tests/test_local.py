@@ -68,7 +68,7 @@ def test_local_up_env_status_down(tmp_path):
     finally:
         assert "stopped llm" in cli("down")
     assert "no local servers" in cli("status")
-    assert not local._alive(first["llm"]["pid"])
+    assert not local.alive(first["llm"]["pids"]["server"])
 
 
 def local_state(home) -> dict:
@@ -97,7 +97,7 @@ def test_local_down_stops_the_app_that_make_run_recorded(tmp_path):
     try:
         assert app.stdout.readline() == "serving\n"  # the script runs in the very process that was started
         recorded = local_state(tmp_path)["app"]
-        assert recorded["pid"] == app.pid
+        assert recorded["pids"] == {"app": app.pid}
         assert recorded["argv"] == [sys.executable, str(script)]
         assert "app: running at http://127.0.0.1:" in _local_cli(tmp_path, "status")
 
@@ -129,3 +129,71 @@ def test_local_down_leaves_a_process_that_only_shares_the_recorded_pid(tmp_path,
     finally:
         other.kill()
         other.wait()
+
+
+def test_wait_until_names_what_it_waited_for_on_timeout():
+    started = time.monotonic()
+    with pytest.raises(local.LocalError, match=r"timed out after 0.3s waiting for the moon to rise"):
+        local.wait_until(lambda: False, 0.3, "the moon to rise", interval_s=0.05)
+    assert 0.3 <= time.monotonic() - started < 2
+
+    def not_yet() -> bool:
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(local.LocalError, match=r"waiting for port 1 \(last: refused\)"):
+        local.wait_until(not_yet, 0.2, "port 1", interval_s=0.05, retry_on=(OSError,))
+    with pytest.raises(ConnectionRefusedError):  # an exception it was not told to retry is a bug: raised at once
+        local.wait_until(not_yet, 30, "port 1")
+    calls = iter([False, False, True])
+    local.wait_until(lambda: next(calls), 5, "the third call", interval_s=0.01)
+
+
+def test_wait_until_fails_fast_when_the_process_it_waits_on_dies():
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    started = time.monotonic()
+    with pytest.raises(local.LocalError, match=rf"pid {dead.pid} exited while waiting for the server to answer"):
+        local.wait_until(lambda: False, 60, "the server to answer", pid=dead.pid)
+    with pytest.raises(local.LocalError, match=rf"pid {dead.pid} exited while waiting for http://127.0.0.1:1/"):
+        local.wait_http("http://127.0.0.1:1/", 60, pid=dead.pid)
+    assert time.monotonic() - started < 10  # not the 60 s timeout
+
+
+def test_serve_llm_entry_point_still_runs_as_a_module():
+    # start_llm runs `python -m backtrans.local serve-llm ...` for the server's own process.
+    done = subprocess.run([sys.executable, "-m", "backtrans.local", "serve-llm", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--model" in done.stdout and "--parallel" in done.stdout
+
+
+def test_a_state_file_of_the_old_shape_is_read_and_down_still_stops_it(tmp_path, monkeypatch):
+    # Before one shape, the LLM and the app had `"pid": N`; a `make down` after an upgrade must still stop them.
+    import json
+
+    monkeypatch.setenv("BACKTRANS_HOME", str(tmp_path))
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    app_argv = [sys.executable, "-c", "import time; time.sleep(121)"]
+    app = subprocess.Popen(app_argv)
+    try:
+        (tmp_path / "servers.json").write_text(json.dumps({
+            "llm": {"pid": server.pid, "port": 1, "model": local.TEST_MODEL, "base_url": "http://127.0.0.1:1/v1"},
+            "app": {"pid": app.pid, "argv": app_argv, "url": "http://127.0.0.1:7860"},
+        }))
+        state = local.read_state()
+        assert state["llm"] == {"pids": {"server": server.pid}, "port": 1, "model": local.TEST_MODEL,
+                                "base_url": "http://127.0.0.1:1/v1"}
+        assert state["app"] == {"pids": {"app": app.pid}, "argv": app_argv, "url": "http://127.0.0.1:7860"}
+        lines = local.status()
+        assert lines["llm"] == f"running at http://127.0.0.1:1/v1 (pids [{server.pid}])"
+        assert lines["app"] == f"running at http://127.0.0.1:7860 (pid {app.pid})"
+        assert "export OPENAI_BASE_URL=http://127.0.0.1:1/v1" in local.env_lines()
+
+        assert local.down() == ["app", "llm"]
+        server.wait(timeout=15)  # `alive`, in this process, may have reaped them: their exit codes read 0
+        app.wait(timeout=15)
+        assert local.read_state() == {}
+    finally:
+        for process in (server, app):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
