@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from backtrans.export import judge_keeps
+from backtrans.decisions import final_keep, judge_keeps, missing
 from backtrans.llm import redact
 from backtrans.store import content_key
 from backtrans.templates import Template, load_template
@@ -221,7 +221,7 @@ def to_record(row: dict, template: Template, threshold: float, run_id: str | Non
 def _plan_values(row: dict) -> dict:
     values: dict = {}
     stratum = row.get("stratum")
-    if stratum is not None and not (isinstance(stratum, float) and math.isnan(stratum)):
+    if not missing(stratum):
         values["stratum"] = str(stratum)
     if row.get("inclusion_prob") is not None:
         prob = _number(row["inclusion_prob"])
@@ -229,7 +229,7 @@ def _plan_values(row: dict) -> dict:
             raise ValueError(f"inclusion_prob must be a number in (0, 1], not {row['inclusion_prob']!r}")
         values["inclusion_prob"] = prob
     overlap = row.get("overlap")
-    if overlap is not None and not (isinstance(overlap, float) and math.isnan(overlap)):
+    if not missing(overlap):
         values["overlap"] = int(bool(overlap))
     return values
 
@@ -568,8 +568,7 @@ def merge(rows: Iterable[dict], decisions: dict[str, Decision], threshold: float
         out["human_note"] = decision.human_note if decision else ""
         out["reviewer"] = decision.reviewer if decision else ""
         out["human_votes"] = dict(decision.votes) if decision and decision.votes else None  # reviewer agreement
-        llm_keep = bool(judge_keeps(row, threshold, by))
-        out["final_keep"] = out["human_keep"] if out["human_keep"] is not None else llm_keep
+        out["final_keep"] = final_keep(out, threshold, by, afresh=True)
         merged.append(out)
     return merged
 
@@ -708,6 +707,30 @@ def push_plan(rows: list[dict], dataset_name: str, config: ArgillaConfig, *, des
     return reports
 
 
+def plan_design(rows: list[dict]) -> str | None:
+    """The sample design that a review plan's rows carry (`stratum`, `inclusion_prob`), in words for the
+    dataset's guidelines; None for rows that are not a plan."""
+    if not rows or not all("stratum" in row and "inclusion_prob" in row for row in rows):
+        return None
+    bands: dict[str, tuple[int, float]] = {}
+    for row in rows:
+        count, probability = bands.get(str(row["stratum"]), (0, float(row["inclusion_prob"])))
+        bands[str(row["stratum"])] = (count + 1, probability)
+    return (f"Review plan: {len(rows)} pairs sampled at random within bands of the judge's measure; "
+            + "; ".join(f"{band}: {count} (inclusion probability {p:.3g})"
+                        for band, (count, p) in sorted(bands.items())))
+
+
+def push_rows(rows: list[dict], dataset_name: str, config: ArgillaConfig, *, design: str | None = None,
+              overlap: int | None = None, **kwargs) -> list[PushReport]:
+    """What every face pushes. A review plan's rows (they carry `overlap`) are split as `push_plan` does unless
+    an overlap is asked for; other rows go to one dataset. A plan's design goes into the guidelines."""
+    design = design or plan_design(rows)
+    if overlap is None and any(row.get("overlap") for row in rows):
+        return push_plan(rows, dataset_name, config, design=design, **kwargs)
+    return [push(rows, dataset_name, config, design=design, overlap=overlap, **kwargs)]
+
+
 def pull_plan(dataset_name: str, config: ArgillaConfig, policy: str = "majority") -> dict[str, Decision]:
     """`pull` of a dataset and, where there is one, of its overlap dataset: one decision per record."""
     decisions = pull(dataset_name, config, policy)
@@ -717,3 +740,12 @@ def pull_plan(dataset_name: str, config: ArgillaConfig, policy: str = "majority"
         if "no dataset" not in str(exc):
             raise
     return decisions
+
+
+def pull_merged(rows: list[dict] | None, dataset_name: str, config: ArgillaConfig, policy: str = "majority",
+                threshold: float = 4, by: str = "score") -> tuple[dict[str, Decision], list[dict], dict]:
+    """Reviewers' decisions merged into `rows` (None: the rows rebuilt from Argilla's records), with the
+    agreement report: (decisions, merged rows, report)."""
+    decisions = pull_plan(dataset_name, config, policy)
+    merged = merge(rows if rows is not None else [d.row for d in decisions.values()], decisions, threshold, by)
+    return decisions, merged, agreement(merged, threshold, decisions, by)

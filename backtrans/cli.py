@@ -7,24 +7,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from backtrans.argilla_sync import POLICIES, ArgillaError
-from backtrans.augment import (
-    BackwardTask,
-    FilterReport,
-    FilterSettings,
-    ResponseTask,
-    candidate_rows,
-    load_seed_examples,
-)
-from backtrans.export import ExportError, RowWriter, curated, judge_keeps, keep, push_to_hub, score_histogram
-from backtrans.judge import JudgeTask
-from backtrans.llm import LLMClient, LLMSettings, redact
-from backtrans.records import PAIR_COLUMNS, RecordsError, iter_rows, parse_mapping
-from backtrans.runner import FileJob
-from backtrans.store import RunStore
-from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError, load_template
+from backtrans.export import ExportError
+from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
+from backtrans.llm import redact
+from backtrans.records import RecordsError, parse_mapping
+from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError
 
 DEFAULT_STORE = os.environ.get("BACKTRANS_STORE", "backtrans-runs.sqlite")
 
@@ -34,9 +25,10 @@ class UsageError(Exception):
 
 
 def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None:
+    """`template_default` is only shown: an unstated template is the resumed run's, else that default."""
     parser.add_argument("input", nargs="?", help="JSONL, CSV or Parquet file, dataset folder, or Hub dataset id")
     parser.add_argument("-o", "--output", help="output file; its extension picks the format")
-    parser.add_argument("--template", default=template_default, help="bundled template name or a .jinja2 path")
+    parser.add_argument("--template", help=f"bundled template name or a .jinja2 path (default {template_default})")
     parser.add_argument("--model", help="model name (default: $BACKTRANS_MODEL)")
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
@@ -49,7 +41,8 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--split", help="Hub dataset split")
     parser.add_argument("--drop-duplicates", action="store_true", help="keep the first of duplicate pairs")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"run store (default {DEFAULT_STORE})")
-    parser.add_argument("--resume", metavar="RUN_ID", help="continue a run from the store, with its settings")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue a run from the store, with its settings "
+                        "(any setting given here wins over the stored one)")
     parser.add_argument("--parent", metavar="RUN_ID", help="this run is the next round of RUN_ID (its lineage): "
                         "the input's earlier verdict columns are kept as score_r1, reason_r1, ...")
     parser.add_argument("--no-progress", action="store_true")
@@ -147,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dataset", required=True)
     push.add_argument("--workspace", help="Argilla workspace (default: backtrans)")
     _threshold_options(push, "the suggested keep threshold (default 4)")
-    push.add_argument("--template", default=os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
-                      help="the judge template the scores came from (sets the rating range and guidelines)")
+    push.add_argument("--template", help="the judge template the scores came from (sets the rating range and "
+                      f"guidelines; default $BACKTRANS_TEMPLATE or {DEFAULT_JUDGE_TEMPLATE})")
     push.add_argument("--batch-size", type=int, default=200, help="records per request (at most 500)")
     push.add_argument("--overlap", type=int, help="reviewers each record asks for (the dataset's distribution; "
                       "default 1 for a new dataset, unchanged for an existing one)")
@@ -171,63 +164,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> LLMSettings:
-    return LLMSettings.from_env(model=args.model, base_url=args.base_url, concurrency=args.concurrency,
-                                requests_per_minute=args.rpm, timeout_s=args.timeout, max_retries=args.max_retries,
-                                hedge=not getattr(args, "no_hedge", False))
+def _session(args: argparse.Namespace) -> FileSession:
+    return FileSession(getattr(args, "store", DEFAULT_STORE))
+
+
+KINDS = {"score": "judge", "generate": "generate", "augment": "augment"}
 
 
 def cmd_llm_task(args: argparse.Namespace) -> int:
-    if args.resume:
-        info = RunStore(args.store).run(args.resume)
-        if info is None:
-            raise UsageError(f"no run {args.resume!r} in {args.store}")
-        config = info.config
-        args.input = args.input or config["source"]
-        args.output = args.output or config["output"]
-        args.template = config["template"]
-        args.model = args.model or config["model"]
-        args.base_url = args.base_url or config["base_url"]
-        args.map = args.map or [f"{k}={v}" for k, v in config["mapping"].items()]
-        args.hf_config = args.hf_config or config.get("config")
-        args.split = args.split or config.get("split")
-    if not args.input or not args.output:
-        raise UsageError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
-    settings = _settings(args)
-    template = load_template(args.template)
-    source = args.input if not Path(args.input).exists() else str(Path(args.input).resolve())
-    row_source, report = None, None
-    if args.command == "score":
-        task, required, optional = JudgeTask(template, settings), PAIR_COLUMNS, ()
-    elif args.command == "generate":
-        task, required, optional = ResponseTask(template, settings), ("instruction",), ("generation",)
-    else:
-        task = BackwardTask(template, settings, load_seed_examples(args.seed, args.examples))
-        required, optional = ("text",), ()
-        filters = FilterSettings(args.min_chars, args.max_chars, args.max_header_caps, args.near_duplicate)
+    augment = None
+    if args.command == "augment":
+        augment = AugmentOptions(args.seed, args.examples, args.min_chars, args.max_chars, args.max_header_caps,
+                                 args.near_duplicate)
+    llm = {"concurrency": args.concurrency, "requests_per_minute": args.rpm, "timeout_s": args.timeout,
+           "max_retries": args.max_retries, "hedge": not args.no_hedge}
+    prepared = _session(args).prepare(
+        KINDS[args.command], resume=args.resume, llm=llm, drop_duplicates=args.drop_duplicates, augment=augment,
+        source=args.input, output=args.output, template=args.template, model=args.model, base_url=args.base_url,
+        mapping=parse_mapping(args.map), hf_config=args.hf_config, split=args.split, parent_run_id=args.parent)
+    engine = Engine(args.engine, args.ray_address, args.batch, args.batch_poll, args.batch_file, args.batch_results)
+    bar = None if args.no_progress or args.batch_file else _bar(prepared.total, "row")
+    outcome = prepared.run(engine, on_progress=_row_progress(bar) if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    if outcome.filters:
+        print(f"filters: {outcome.filters}", file=sys.stderr)
+    if outcome.requests_written is not None:
+        print(f"wrote {outcome.requests_written} requests to {args.batch_file}", file=sys.stderr)
+        return 0
+    print(outcome.progress.done_line(), file=sys.stderr)
+    print(f"run {outcome.run_id}: {outcome.progress.summary()}; {outcome.counts}", file=sys.stderr)
+    print(f"wrote {prepared.config.output}", file=sys.stderr)
+    return 0
 
-        def row_source():
-            nonlocal report
-            report = FilterReport()
-            return candidate_rows(source, filters, report, config=args.hf_config, split=args.split,
-                                  mapping=parse_mapping(args.map))
 
-    job = FileJob(source=source, output=str(Path(args.output).resolve()), task=task, store_path=args.store,
-                  mapping=parse_mapping(args.map), required=required, optional=optional,
-                  config=args.hf_config, split=args.split, drop_duplicates=args.drop_duplicates,
-                  row_source=row_source, parent_run_id=args.parent)
-    total = job.validate()  # the whole input is checked before the first call
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
+def _bar(total: int, unit: str, desc: str | None = None):
+    from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
 
+
+def _row_progress(bar) -> Callable:
     shown = [0.0]
 
     def on_progress(progress) -> None:
         # Rows are counted as they finish, in any order; the bar follows that count, not the output.
-        if bar is not None and progress.done != bar.n:
+        if progress.done != bar.n:
             now = time.monotonic()
             if now - shown[0] >= 0.2 or progress.done == progress.total:
                 shown[0] = now
@@ -235,154 +217,57 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
                                     f"errors, {progress.tokens:,} tokens", refresh=False)
             bar.update(progress.done - bar.n)
 
-    if args.engine == "ray" and args.batch:
-        raise UsageError("--batch sends the whole file to the provider's batch service; it takes no --engine ray")
-    if args.engine == "ray":
-        from backtrans.engines.ray_engine import run_job
-
-        run_id, progress = run_job(job, args.ray_address, on_progress=on_progress, total=total, run_id=args.resume)
-        counts = "engine ray"
-    elif args.batch_file:
-        from backtrans.engines.batch import write_file
-
-        count = write_file(job, args.batch_file)
-        if bar is not None:
-            bar.close()
-        print(f"wrote {count} requests to {args.batch_file}", file=sys.stderr)
-        return 0
-    elif args.batch_results:
-        from backtrans.engines.batch import ingest_file
-
-        run_id, progress, counts = ingest_file(job, args.batch_results, on_progress=on_progress, total=total,
-                                               run_id=args.resume)
-    elif args.batch:
-        from backtrans.engines.batch import run_job
-
-        run_id, progress, counts = run_job(job, poll_s=args.batch_poll, on_progress=on_progress, total=total,
-                                           run_id=args.resume)
-    else:
-        client = LLMClient(settings)
-        run_id, progress = job.run(client, run_id=args.resume, on_progress=on_progress, total=total)
-        counts = client.describe()
-    if bar is not None:
-        bar.close()
-    if report is not None:
-        print(f"filters: {report.describe()}", file=sys.stderr)
-    print(progress.done_line(), file=sys.stderr)
-    print(f"run {run_id}: {progress.summary()}; {counts}", file=sys.stderr)
-    print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+    return on_progress
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    decide = keep
-    if args.threshold_from:
-        report = _read_report(args.threshold_from)
-        args.min_score, args.by = float(report["threshold"]), report["by"]
-        decide = _human_then_judge
-    scores, kept = [], 0
-    with RowWriter(args.output) as writer:
-        for located in iter_rows(args.input):
-            row = located.row
-            scores.append(row.get("score"))
-            if decide(row, args.min_score, args.by):
-                writer.write(row)
-                kept += 1
-    histogram = score_histogram(scores)
-    print(f"kept {kept} of {len(scores)} pairs with {args.by} >= {args.min_score:g}", file=sys.stderr)
-    print("scores: " + "  ".join(f"{k}: {v}" for k, v in histogram.items()), file=sys.stderr)
+    outcome = _session(args).curate(args.input, args.output, args.min_score, args.by, args.threshold_from)
+    print(f"kept {outcome.kept} of {outcome.total} pairs with {outcome.by} >= {outcome.threshold:g}", file=sys.stderr)
+    print("scores: " + "  ".join(f"{k}: {v}" for k, v in outcome.histogram.items()), file=sys.stderr)
     return 0
 
 
-def _read_report(path: str) -> dict:
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-        float(report["threshold"])
-        if report["by"] not in ("score", "expected_score"):
-            raise ValueError(f"unknown measure {report['by']!r}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: not a `review estimate --json` report ({type(exc).__name__}: {exc})") from None
-    return report
-
-
-def _human_then_judge(row: dict, threshold: float, by: str) -> bool:
-    """A reviewer's decision where there is one; the judge at the calibrated threshold for the rest."""
-    human = row.get("human_keep")
-    if human is not None and not (isinstance(human, float) and human != human):
-        return bool(human)
-    return bool(judge_keeps(row, threshold, by))
-
-
 def cmd_review(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from backtrans import review
-
-    frame = pd.DataFrame([located.row for located in iter_rows(args.input, required=("instruction",),
-                                                               optional=("generation",))])
+    session = _session(args)
     if args.review_command == "plan":
-        planned, summary = review.plan(frame, args.budget, seed=args.seed, by=args.by, threshold=args.threshold,
-                                       near_share=args.near_share if args.threshold is not None else 0.0,
-                                       overlap_share=args.overlap_share)
-        with RowWriter(args.output) as writer:
-            for row in planned.to_dict("records"):
-                writer.write(row)
+        summary = session.review_plan(args.input, args.output, args.budget, seed=args.seed, by=args.by,
+                                      threshold=args.threshold, near_share=args.near_share,
+                                      overlap_share=args.overlap_share)
         print(summary.describe(), file=sys.stderr)
         return 0
-    try:
-        review.check_population(frame)
-    except review.ReviewError as exc:
-        raise UsageError(f"{args.input}: {exc}") from None
-    if args.target_precision is not None:
-        chosen = review.choose_threshold(frame, args.target_precision, args.by)
-        if chosen is None:
-            print(f"no threshold reaches a precision of {args.target_precision:.0%} with 95% confidence on these "
-                  "reviews: review more pairs, or lower the target", file=sys.stderr)
-            return 1
-        reports = [chosen]
-    elif args.threshold is not None:
-        reports = [review.estimate(frame, args.threshold, args.by)]
-    else:
-        reports = [review.estimate(frame, t, args.by) for t in review.candidate_thresholds(frame, args.by)]
+    reports, agreement = session.review_estimate(args.input, by=args.by, threshold=args.threshold,
+                                                 target_precision=args.target_precision, report_path=args.json)
+    if not reports:
+        print(f"no threshold reaches a precision of {args.target_precision:.0%} with 95% confidence on these "
+              "reviews: review more pairs, or lower the target", file=sys.stderr)
+        return 1
     for report in reports:
         print(report.describe())
-    agreement = review.reviewer_agreement(frame)
     if agreement.items:
         kappa = agreement.kappa
         print(f"reviewers agree on {agreement.agreement:.0%} of {agreement.items} pairs both reviewed; Cohen's kappa "
               f"{kappa.estimate:.2f} (95% interval {kappa.low:.2f}-{kappa.high:.2f})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(reports[-1].to_json(), indent=2), encoding="utf-8")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    rows = (located.row for located in iter_rows(args.input))
-    if args.min_score is not None:
-        rows = curated(rows, args.min_score, args.by)
-    with RowWriter(args.output, args.format, system_tag=args.system_tag) as writer:
-        for row in rows:
-            writer.write(row)
-    print(f"wrote {writer.count} rows to {args.output} ({writer.format})", file=sys.stderr)
-    if args.push_to_hub:
-        print(f"pushed to {push_to_hub(args.output, args.push_to_hub)}", file=sys.stderr)
+    count, fmt, url = _session(args).export(args.input, args.output, args.format, args.min_score, args.by,
+                                            args.system_tag, args.push_to_hub)
+    print(f"wrote {count} rows to {args.output} ({fmt})", file=sys.stderr)
+    if url:
+        print(f"pushed to {url}", file=sys.stderr)
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    store = RunStore(args.store)
+    session = _session(args)
     if args.lineage:
-        chain = store.lineage(args.lineage)
-        if not chain:
-            raise UsageError(f"no run {args.lineage!r} in {args.store}")
-        for number, info in enumerate(chain, start=1):
-            counts = store.summary(info.run_id)
+        for number, (info, counts) in enumerate(session.lineage(args.lineage), start=1):
             print(f"round {number}: {info.run_id}  {info.config.get('model')}  "
                   f"{Path(str(info.config.get('template'))).stem}  rows {counts['rows']}  "
                   f"A4 {counts['A4']}  A5 {counts['A5']}")
         return 0
-    for info in store.runs():
-        usage = store.usage(info.run_id)
+    for info, usage in session.runs():
         state = "finished" if info.finished else "unfinished"
         print(f"{info.run_id}  {info.kind:8}  {state:10}  {usage['calls']} calls  "
               f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens  {json.dumps(info.config)}")
@@ -421,54 +306,25 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_argilla(args: argparse.Namespace) -> int:
-    from backtrans import argilla_sync
-
-    config = argilla_sync.ArgillaConfig.from_env(workspace=args.workspace)
+    session = _session(args)
     if args.argilla_command == "push":
-        rows = [located.row for located in iter_rows(args.input)]
-        from tqdm import tqdm
-
-        if rows and all("stratum" in row and "inclusion_prob" in row for row in rows):
-            # a `review plan`: its design goes into the guidelines, its overlap into the distribution
-            bands: dict[str, tuple[int, float]] = {}
-            for row in rows:
-                count, probability = bands.get(str(row["stratum"]), (0, float(row["inclusion_prob"])))
-                bands[str(row["stratum"])] = (count + 1, probability)
-            args.design = args.design or (f"Review plan: {len(rows)} pairs sampled at random within bands of the "
-                                          "judge's measure; " + "; ".join(
-                                              f"{band}: {count} (inclusion probability {p:.3g})"
-                                              for band, (count, p) in sorted(bands.items())))
-
-        options = {"template": args.template, "threshold": args.min_score, "by": args.by,
-                   "batch_size": args.batch_size, "resume": not args.no_resume}
-        with tqdm(total=len(rows), unit="record", file=sys.stderr, desc="push") as bar:
-            options["on_progress"] = lambda n: bar.update(n - bar.n)
-            if any(row.get("overlap") for row in rows) and args.overlap is None:
-                reports = argilla_sync.push_plan(rows, args.dataset, config, design=args.design, **options)
-            else:
-                reports = [argilla_sync.push(rows, args.dataset, config, overlap=args.overlap, design=args.design,
-                                             **options)]
+        with _bar(session.count_rows(args.input), "record", "push") as bar:
+            reports = session.argilla_push(args.input, args.dataset, workspace=args.workspace, template=args.template,
+                                           threshold=args.min_score, by=args.by, batch_size=args.batch_size,
+                                           overlap=args.overlap, design=args.design, resume=not args.no_resume,
+                                           on_progress=lambda n: bar.update(n - bar.n))
         for report in reports:
             already = f" ({report.skipped} already there)" if report.skipped else ""
             print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",
                   file=sys.stderr)
         return 0
-    decisions = argilla_sync.pull_plan(args.dataset, config, args.policy)
-    print(argilla_sync.format_summary(argilla_sync.summary(decisions)), file=sys.stderr)
-    if args.scored:
-        rows = [located.row for located in iter_rows(args.scored)]
-    else:
-        rows = [d.row for d in decisions.values()]
-    merged = argilla_sync.merge(rows, decisions, args.min_score, args.by)
-    with RowWriter(args.output) as writer:
-        for row in merged:
-            writer.write(row)
-    report = argilla_sync.agreement(merged, args.min_score, decisions, args.by)
-    print(argilla_sync.format_report(report))
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2))
-    kept = sum(1 for row in merged if row["final_keep"])
-    print(f"wrote {len(merged)} rows to {args.output}; final_keep: {kept}", file=sys.stderr)
+    from backtrans.argilla_sync import format_report
+
+    outcome = session.argilla_pull(args.dataset, args.output, workspace=args.workspace, scored=args.scored,
+                                   policy=args.policy, threshold=args.min_score, by=args.by, report_path=args.report)
+    print(outcome.summary, file=sys.stderr)
+    print(format_report(outcome.report))
+    print(f"wrote {outcome.rows} rows to {args.output}; final_keep: {outcome.kept}", file=sys.stderr)
     return 0
 
 
@@ -505,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (RecordsError, TemplateError, ExportError, UsageError, ArgillaError) as exc:
+    except (RecordsError, TemplateError, ExportError, UsageError, ArgillaError, FileSessionError) as exc:
         message = redact(redact(str(exc), os.environ.get("OPENAI_API_KEY")), os.environ.get("ARGILLA_API_KEY"))
         print(f"error: {message}", file=sys.stderr)
         return 2

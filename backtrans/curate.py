@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from backtrans.decisions import decide_frame, missing
 from backtrans.export import score_histogram
 from backtrans.judge import RESULT_COLUMNS
 
@@ -85,24 +86,9 @@ class Workbench:
             self.overrides[index] = keep
 
     def with_decisions(self, threshold: float) -> pd.DataFrame:
-        """The rows with `final_keep`: a human override where there is one, else the judge's
-        score (or expected score, see `keep_by`) >= threshold."""
-        frame = self.frame.copy()
-        judged = frame["score"]
-        if self.keep_by == "expected_score":
-            judged = frame["expected_score"].fillna(frame["score"])
-        llm_keep = judged.fillna(-1) >= threshold
-        human = frame["row"].map(self.overrides) if self.overrides else pd.Series(pd.NA, index=frame.index)
-        if "human_keep" in frame:
-            human = human.where(human.notna(), frame["human_keep"])
-        frame["final_keep"] = human.where(human.notna(), llm_keep).astype(bool)
-        frame["judge_keep"] = llm_keep.where(judged.notna(), pd.NA)
-        by_you = frame["row"].isin(self.overrides.keys())
-        frame["decided_by"] = "judge"
-        if "human_keep" in frame:
-            frame.loc[frame["human_keep"].notna(), "decided_by"] = "reviewer"
-        frame.loc[by_you, "decided_by"] = "you"
-        return frame
+        """The rows with `judge_keep`, `final_keep` and `decided_by`, by the one rule in backtrans.decisions:
+        the threshold on screen decides afresh for every row no person decided."""
+        return decide_frame(self.frame, threshold, self.keep_by, self.overrides)
 
     def filtered(self, filters: Filters, threshold: float) -> pd.DataFrame:
         frame = self.with_decisions(threshold)
@@ -131,7 +117,7 @@ class Workbench:
 
 def plain_value(value: object) -> object:
     """A cell as plain Python: missing values are None, numpy scalars their Python selves."""
-    if value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+    if missing(value):
         return None
     if hasattr(value, "item"):
         return value.item()
@@ -157,14 +143,14 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
 
 
 def _verdict(keep: object, decided_by: str) -> str:
-    if keep is None or keep is pd.NA:
+    if missing(keep):
         return ""
     word = "keep" if bool(keep) else "discard"
     return word if decided_by == "judge" else f"{word} ({decided_by})"
 
 
 def _shorten(value: object) -> str:
-    text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+    text = "" if missing(value) else str(value)
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
 
 
@@ -211,15 +197,15 @@ def record_html(row: dict) -> str:
     """One record in full. Every piece of dataset or model text is escaped: it renders as text only."""
 
     def block(title: str, value: object) -> str:
-        text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+        text = "" if missing(value) else str(value)
         return (f'<div class="bt-block"><div class="bt-title">{html.escape(title)}</div>'
                 f'<pre class="bt-text" style="white-space:pre-wrap">{html.escape(text)}</pre></div>')
 
     score = row.get("score")
-    score_text = "none" if score is None or pd.isna(score) else str(int(score))
+    score_text = "none" if missing(score) else str(int(score))
     header = (f"<p><b>Row {html.escape(str(row.get('row', '')))}</b> · score {html.escape(score_text)} · "
               f"status {html.escape(str(row.get('status') or 'pending'))}"
-              + (f" · expected {float(row['expected_score']):.2f}" if _has(row.get("expected_score")) else "")
+              + (f" · expected {float(row['expected_score']):.2f}" if not missing(row.get("expected_score")) else "")
               + "</p>")
     if "final_keep" in row:
         by = {"you": "you (override)", "reviewer": "a reviewer in Argilla"}.get(str(row.get("decided_by")), "the judge")
@@ -232,6 +218,3 @@ def record_html(row: dict) -> str:
         parts.append(block("Error", row.get("error")))
     return '<div class="bt-record">' + "".join(parts) + "</div>"
 
-
-def _has(value: object) -> bool:
-    return value is not None and not pd.isna(value)

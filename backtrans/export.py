@@ -7,10 +7,11 @@ spreadsheet would run as a formula are neutralised.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from backtrans.decisions import final_keep, missing
 
 FORMATS = ("jsonl", "parquet", "csv", "chat")
 SEED_SYSTEM_TAG = "Answer in the style of an AI Assistant."
@@ -57,27 +58,6 @@ def to_chat(row: dict, system_tag: str | None = None) -> dict:
             {"role": "assistant", "content": row["generation"]},
         ]
     }
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def judge_keeps(row: dict, min_score: float, by: str = "score") -> bool | None:
-    """The judge's own decision: its score (or expected score, where the backend gave digit
-    probabilities) against the threshold; None when it gave neither."""
-    score = row.get("expected_score") if by == "expected_score" else None
-    if _missing(score):
-        score = row.get("score")
-    return None if _missing(score) else float(score) >= min_score
-
-
-def keep(row: dict, min_score: float, by: str = "score") -> bool:
-    """The human decision where there is one, else the judge's."""
-    final = row.get("final_keep")
-    if not _missing(final):
-        return bool(final)
-    return bool(judge_keeps(row, min_score, by))
 
 
 class RowWriter:
@@ -192,15 +172,13 @@ def write_rows(rows: Iterable[dict], path: str | os.PathLike, fmt: str | None = 
 
 
 def curated(rows: Iterable[dict], min_score: float, by: str = "score") -> Iterable[dict]:
-    return (row for row in rows if keep(row, min_score, by))
+    return (row for row in rows if final_keep(row, min_score, by))
 
 
 def score_histogram(scores: Iterable[object]) -> dict[str, int]:
-    import pandas as pd  # not at import time: `score` never needs pandas
-
     counts: dict[str, int] = {}
     for score in scores:
-        label = "none" if score is None or pd.isna(score) else str(int(score))
+        label = "none" if missing(score) else str(int(score))
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
 

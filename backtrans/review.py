@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+from backtrans.decisions import missing
+
 Z95 = 1.959963984540054
 EXPECTED_BAND = 0.5  # width of an expected-score band
 
@@ -53,7 +55,7 @@ def _values(frame: pd.DataFrame, by: str) -> pd.Series:
 
 
 def band_of(value: float, by: str) -> str:
-    if pd.isna(value):
+    if missing(value):
         return "unscored"
     if by == "score":
         return f"score {int(value)}"
@@ -224,8 +226,7 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
 def _reviewed(frame: pd.DataFrame) -> pd.Series:
     if "human_keep" not in frame:
         return pd.Series(False, index=frame.index)
-    return frame["human_keep"].map(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v))
-                                   and v is not pd.NA)
+    return ~frame["human_keep"].map(missing).astype(bool)
 
 
 def _total(cells: list[tuple[int, int, int]]) -> tuple[float, float, float, list[str]]:

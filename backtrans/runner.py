@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from backtrans.llm import Completion, LLMClient, LLMError, LLMSettings
+from backtrans.run_config import RunConfig
 from backtrans.store import CACHEABLE, RunStore
 from backtrans.templates import Template
 
@@ -354,20 +355,22 @@ class FileJob:
     row_source: Callable[[], Iterator[dict]] | None = None  # rows from elsewhere than a records file
     parent_run_id: str | None = None
 
-    def run_config(self) -> dict:
+    def run_config(self) -> RunConfig:
         task = self.task
-        return {
-            "source": self.source,
-            "output": self.output,
-            "template": task.template.path or task.template.name,
-            "template_digest": task.template.digest,
-            "model": task.settings.model,
-            "base_url": task.settings.base_url,
-            "mapping": self.mapping,
-            "config": self.config,
-            "split": self.split,
-            "parent_run_id": self.parent_run_id,
-        }
+        return RunConfig(
+            kind={"backward": "augment"}.get(task.kind, task.kind),
+            source=self.source,
+            output=self.output,
+            template=task.template.path or task.template.name,
+            template_digest=task.template.digest,
+            model=task.settings.model,
+            base_url=task.settings.base_url,
+            mapping=self.mapping,
+            hf_config=self.config,
+            split=self.split,
+            parent_run_id=self.parent_run_id,
+            seeds=getattr(task, "examples", None),
+        )
 
     def rows(self, validated: bool = True) -> Iterator[dict]:
         """The input's rows; once `validate()` has passed, without holding duplicate fingerprints."""
@@ -434,7 +437,7 @@ def merge(row: dict, result: dict, columns: tuple[str, ...]) -> dict:
 
 
 async def stream_results(
-    rows: list[dict], task: Task, store_path: str, run_config: dict, owner: str = "", *,
+    rows: list[dict], task: Task, store_path: str, run_config: RunConfig, owner: str = "", *,
     ticks: bool = True, tick_every_s: float = 0.1,
 ) -> AsyncIterator[tuple[int | None, dict | None, Progress]]:
     """For interactive faces: (row index, result, progress) in input order, as rows finish.

@@ -26,6 +26,7 @@ from backtrans.limits import JobGate, LimitError, Limits, day_ago
 from backtrans.owners import Owner, OwnershipError, check_hub_id, confined_path, on_space
 from backtrans.records import SAMPLE_PATH, RecordsError, dataframe_rows, load_records, preview_columns, resolve_columns
 from backtrans.redaction import redact
+from backtrans.run_config import RunConfig
 from backtrans.store import RunStore
 from backtrans.templates import Template, TemplateError, load_template, parse_template
 
@@ -189,6 +190,7 @@ class Session:
         self.source_path = ""  # where the rows came from, for resume: the owner's copy, the sample, a Hub id
         self.source_label = ""  # what the user calls it: the uploaded file's own name, the Hub id
         self.source_kind = ""
+        self.source_options: tuple[str | None, str | None] = (None, None)  # a Hub dataset's config and split
         self.pending_upload: tuple[str, str] | None = None
         self.selected_row: int | None = None
         self.threshold = 4.0  # the last one the review used: the detail panel's verdict follows it
@@ -278,6 +280,7 @@ class Session:
         if not len(frame):
             return Loaded(pd.DataFrame(), f"`{label}` has no rows.", ok=False)
         self._set_bench(Workbench.from_frame(frame, source_name=label), source, label, kind)
+        self.source_options = (config, split)
         missing = int(frame["generation"].isna().sum()) if "generation" in frame else len(frame)
         note = f" {missing} have no response yet: use **Generate**." if missing else ""
         return Loaded(frame.head(5), f"Loaded **{len(frame)}** pairs from `{label}`.{note}")
@@ -285,6 +288,7 @@ class Session:
     def _set_bench(self, bench: Workbench, source: str, label: str, kind: str) -> None:
         bench.keep_by = self.keep_by
         self.bench, self.source_path, self.source_label, self.source_kind = bench, source, label, kind
+        self.source_options: tuple[str | None, str | None] = (None, None)  # a Hub dataset's config and split
         self.selected_row, self.review_plan = None, None
 
     @staticmethod
@@ -345,10 +349,12 @@ class Session:
             if progress is not None:
                 yield JobUpdate(progress_text(progress, final=True), done=True, progress=progress)
 
-    def _config(self, kind: str, choice: backends.Choice, rows: int, **extra: object) -> dict:
-        return {"source": self.source_path, "source_name": self.source_label, "source_kind": self.source_kind,
-                "kind": kind, "model": choice.settings.model, "base_url": choice.settings.base_url,
-                "rows": rows, **extra}
+    def _config(self, kind: str, choice: backends.Choice, rows: int, template: Template, **extra: object) -> RunConfig:
+        return RunConfig(kind=kind, source=self.source_path, source_name=self.source_label,
+                         source_kind=self.source_kind, hf_config=self.source_options[0],
+                         split=self.source_options[1], template=template.path or template.name,
+                         template_digest=template.digest, model=choice.settings.model,
+                         base_url=choice.settings.base_url, rows=rows, **extra)
 
     async def judge(self, template: Template, choice: backends.Choice,
                     every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
@@ -365,8 +371,7 @@ class Session:
         self.template = template
         self.keep_by = bench.keep_by = "expected_score" if template.logprobs else "score"
         task = JudgeTask(template, choice.settings)
-        config = self._config("judge", choice, len(bench), template=template.path or template.name,
-                              template_digest=template.digest)
+        config = self._config("judge", choice, len(bench), template)
         async for update in self._run(task, dataframe_rows(bench.frame), list(range(len(bench))), config, choice,
                                       bench.set_result, every_s):
             yield update
@@ -382,12 +387,13 @@ class Session:
         if not missing:
             yield JobUpdate("Every row already has a response.", done=True)
             return
-        task = ResponseTask(load_template("generate-response"), choice.settings)
+        template = load_template("generate-response")
+        task = ResponseTask(template, choice.settings)
 
         def apply(index: int, result: dict) -> None:
             bench.frame.at[index, "generation"] = result.get("generation")
 
-        config = self._config("generate", choice, len(missing))
+        config = self._config("generate", choice, len(missing), template)
         async for update in self._run(task, dataframe_rows(bench.frame.loc[missing]), missing, config, choice, apply,
                                       every_s):
             yield update
@@ -421,7 +427,8 @@ class Session:
             copies.append(copy)
         report = FilterReport()
         try:
-            task = BackwardTask(load_template("backward-instruction"), choice.settings, load_seed_examples(seeds))
+            template = load_template("backward-instruction")
+            task = BackwardTask(template, choice.settings, load_seed_examples(seeds))
             rows = list(candidate_rows(copies, filters, report))
         except (RecordsError, TemplateError) as exc:
             yield JobUpdate(f"**Cannot read the documents.** {exc}", done=True)
@@ -437,7 +444,7 @@ class Session:
         def apply(index: int, result: dict) -> None:
             bench.frame.at[index, "instruction"] = result.get("instruction")
 
-        config = self._config("augment", choice, len(rows), seeds=task.examples)
+        config = self._config("augment", choice, len(rows), template, seeds=task.examples)
         async for update in self._run(task, rows, list(range(len(rows))), config, choice, apply, every_s):
             update.message = f"Filters: {report.describe()}. Instructions: {update.message}"
             yield update
@@ -465,13 +472,12 @@ class Session:
             store.close()
         if info is None:
             raise NoSuchRun()
-        config = info.config
-        kind, source = config.get("source_kind", ""), str(config.get("source", ""))
-        label = str(config.get("source_name") or "")
+        config = info.settings
+        kind, source, label = config.source_kind, config.source, config.source_name
         if kind == "sample":
             loaded = self.load_sample()
         elif kind == "hub":
-            loaded = self.load_hub(source)
+            loaded = self.load_hub(source, config.hf_config or "", config.split or "train")
         elif kind in ("upload", "documents") and self._owns(source):
             loaded = self._load(source, label, "upload", {}) if kind == "upload" else Loaded(
                 pd.DataFrame(), "Runs of documents are resumed by writing instructions for the same documents again.",
@@ -480,12 +486,12 @@ class Session:
             loaded = self.load_local(str(Path(source).relative_to(self.workspace.local_files_dir)))
         else:
             raise NoSuchRun()
-        template = Path(str(config.get("template", DEFAULT_TEMPLATE))).stem
-        base_url = str(config.get("base_url") or "")
+        template = Path(config.template or DEFAULT_TEMPLATE).stem
+        base_url = config.base_url
         backend = backends.HUGGINGFACE if base_url == backends.hf_router_url() else (
             backends.SERVER if base_url == (os.environ.get("OPENAI_BASE_URL") or "") else backends.CUSTOM)
         message = loaded.message + (" Settings restored: press **Start** to resume." if loaded.ok else "")
-        return Resumed(message, template, str(config.get("model") or ""), base_url, backend)
+        return Resumed(message, template, config.model, base_url, backend)
 
     def _owns(self, path: str) -> bool:
         folder = self.folder.resolve()
@@ -593,12 +599,12 @@ class Session:
             options = {"template": self.template, "threshold": threshold, "by": self.bench.keep_by,
                        "on_progress": on_progress}
             if self.review_plan is None:
-                reports = [argilla_sync.push(self.bench.all_rows(), name, config, **options)]
+                reports = argilla_sync.push_rows(self.bench.all_rows(), name, config, **options)
             else:
                 planned, summary = self.review_plan
                 rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
                         for row in planned.to_dict("records")]
-                reports = argilla_sync.push_plan(rows, name, config, design=summary.describe(), **options)
+                reports = argilla_sync.push_rows(rows, name, config, design=summary.describe(), **options)
         except argilla_sync.ArgillaError as exc:
             return f"**Push failed.** {exc}"
         what = "records of the review plan" if self.review_plan is not None else "records"
@@ -615,13 +621,12 @@ class Session:
         bench = self.bench
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            decisions = argilla_sync.pull_plan(self.argilla_dataset_name(dataset), config, policy)
+            decisions, merged, report = argilla_sync.pull_merged(bench.all_rows(), self.argilla_dataset_name(dataset),
+                                                                 config, policy, threshold, bench.keep_by)
         except argilla_sync.ArgillaError as exc:
             return f"**Pull failed.** {exc}", "", empty, pd.DataFrame()
-        merged = argilla_sync.merge(bench.all_rows(), decisions, threshold, bench.keep_by)
         for column in ("human_keep", "human_score", "human_note", "reviewer", "human_votes"):
             bench.frame[column] = [row[column] for row in merged]
-        report = argilla_sync.agreement(merged, threshold, decisions, bench.keep_by)
         confusion = pd.DataFrame(
             [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
              for llm in ("keep", "discard") for human in ("keep", "discard")]

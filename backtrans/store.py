@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from backtrans.run_config import RunConfig
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -81,6 +83,16 @@ class RunInfo:
     parent_run_id: str | None
     owner: str = ""
 
+    @property
+    def settings(self) -> RunConfig:
+        # Runs recorded before the settings named their kind take the task's, as the runs table has it.
+        return RunConfig.from_json({"kind": {"backward": "augment"}.get(self.kind, self.kind), **self.config})
+
+
+def _config_json(config: RunConfig | dict) -> str:
+    """The one text a run's settings are stored as, and matched by when a rerun looks for its run."""
+    return json.dumps(config.to_json() if isinstance(config, RunConfig) else config, default=str)
+
 
 class RunStore:
     def __init__(self, path: str | Path):
@@ -111,27 +123,27 @@ class RunStore:
         self.db.close()
 
     # runs -----------------------------------------------------------------------------------------
-    def start_run(self, kind: str, config: dict, run_id: str | None = None, parent: str | None = None,
+    def start_run(self, kind: str, config: RunConfig | dict, run_id: str | None = None, parent: str | None = None,
                   owner: str = "") -> str:
         """`owner`: who may see the run again ("" for the CLI's own store, which belongs to its user)."""
         # Unguessable: in a shared app a run id is never a key to someone else's run, but it is shown.
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:12]
         self.db.execute(
             "INSERT OR IGNORE INTO runs(run_id, created, kind, config, parent_run_id, owner) VALUES (?,?,?,?,?,?)",
-            (run_id, time.time(), kind, json.dumps(config, default=str), parent, owner),
+            (run_id, time.time(), kind, _config_json(config), parent, owner),
         )
         return run_id
 
-    def find_run(self, kind: str, config: dict, owner: str = "") -> str | None:
+    def find_run(self, kind: str, config: RunConfig | dict, owner: str = "") -> str | None:
         """The owner's newest unfinished run with exactly this configuration: the one to resume."""
         row = self.db.execute(
             "SELECT run_id FROM runs WHERE kind=? AND config=? AND owner=? AND finished IS NULL"
             " ORDER BY created DESC LIMIT 1",
-            (kind, json.dumps(config, default=str), owner),
+            (kind, _config_json(config), owner),
         ).fetchone()
         return row[0] if row else None
 
-    def resume_or_start(self, kind: str, config: dict, owner: str = "", parent: str | None = None) -> str:
+    def resume_or_start(self, kind: str, config: RunConfig | dict, owner: str = "", parent: str | None = None) -> str:
         """The owner's unfinished run with exactly this configuration, else a new one: what every engine runs under."""
         return self.find_run(kind, config, owner) or self.start_run(kind, config, parent=parent, owner=owner)
 

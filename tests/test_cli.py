@@ -124,6 +124,31 @@ def test_resume_by_run_id_reuses_the_runs_settings(fake_llm, tmp_path, capsys):
     assert run_id in capsys.readouterr().out
 
 
+def test_resume_with_an_explicit_setting_lets_that_setting_win(fake_llm, tmp_path, capsys):
+    # Before RunConfig, --resume overwrote an explicit --template with the stored one.
+    store = tmp_path / "s.sqlite"
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(5))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", store, "--template", "additive")) == 0
+    run_id = capsys.readouterr().err.split("run ")[1].split(":")[0]
+    assert fake_llm.requests == 5
+    assert main(["score", "--resume", run_id, "--store", str(store), "--no-progress",
+                 "--template", "humpback-short", "-o", str(tmp_path / "short.jsonl")]) == 0
+    assert fake_llm.requests == 10  # another template: every pair judged again, none taken from the store
+    assert len((tmp_path / "short.jsonl").read_text().splitlines()) == 5
+    assert not (tmp_path / "o.jsonl").exists() or len((tmp_path / "o.jsonl").read_text().splitlines()) == 5
+    assert main(["score", "--resume", run_id, "--store", str(store), "--no-progress"]) == 0
+    assert fake_llm.requests == 10  # the stored settings again: all from the store
+
+
+def test_resume_refuses_a_run_of_another_kind(fake_llm, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(3))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", store)) == 0
+    run_id = capsys.readouterr().err.split("run ")[1].split(":")[0]
+    assert main(["generate", "--resume", run_id, "--store", str(store), "--no-progress"]) == 2
+    assert "is a judge run, not a generate run" in capsys.readouterr().err
+
+
 def test_review_plan_estimate_and_a_calibrated_curate(tmp_path, capsys):
     import random
 

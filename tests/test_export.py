@@ -7,7 +7,6 @@ from backtrans.export import (
     AUGMENTED_SYSTEM_TAG,
     SEED_SYSTEM_TAG,
     format_for,
-    keep,
     neutralise_formula,
     score_histogram,
     to_chat,
@@ -60,19 +59,6 @@ def test_chat_format_has_the_papers_system_tags(tmp_path):
     assert [m["role"] for m in line["messages"]] == ["system", "user", "assistant"]
 
 
-def test_keep_prefers_the_human_decision():
-    assert keep({"score": 4}, 4) and not keep({"score": 3}, 4) and not keep({"score": None}, 4)
-    assert not keep({"score": 5, "final_keep": False}, 4)
-    assert keep({"score": 1, "final_keep": True}, 4)
-    assert keep({"score": 4, "final_keep": float("nan")}, 4)
-
-
 def test_histogram_and_format_detection():
     assert score_histogram([5, 5, 3, None, float("nan")]) == {"3": 1, "5": 2, "none": 2}
     assert format_for("x.parquet") == "parquet" and format_for("x.csv", "chat") == "chat"
-
-
-def test_keep_by_expected_score():
-    row = {"score": 4, "expected_score": 3.6}
-    assert keep(row, 4) and not keep(row, 3.8, "expected_score") and keep(row, 3.5, "expected_score")
-    assert keep({"score": 4, "expected_score": None}, 3.8, "expected_score")

@@ -399,3 +399,30 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     assert {"human keep rate", "95% low", "95% high"} == set(calibration["series"])
     assert {"precision", "precision 95% low", "recall"} <= set(curves["series"])
     assert suggested is not None and suggested >= 3
+
+
+def test_a_custom_template_s_scale_and_guidelines_reach_argilla(workspace, fake_llm, tmp_path, argilla_stack,
+                                                                 monkeypatch):
+    # The app once pushed a custom template's scores under the default template's 1-5 question and guidelines.
+    import argilla as rg
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_stack.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_stack.api_key)
+    session = _session(workspace, "custom-pusher")
+    session.inspect_upload(str(write_jsonl(tmp_path / "ten.jsonl", [
+        {"instruction": f"ten-point question {i} [[score={2 * i + 1}]]", "generation": f"answer {i}"}
+        for i in range(5)])), "ten.jsonl")
+    session.load_upload("instruction", "generation")
+    custom = ("{#-\nname: ten-point\nkind: judge\nscore_range: 1-10\n-#}\n"
+              "Rate this answer from 1 to 10 and justify it (our ten-point house rubric).\n"
+              "{{ instruction }}\n{{ generation }}")
+    template = session.resolve_template("custom", custom)
+    _drain(session.judge(template, _choice(fake_llm)))
+    assert list(session.bench.frame["score"]) == [1, 3, 5, 7, 9]
+    assert "Pushed **5** records" in session.argilla_push("ten-point", "backtrans", 6)
+    dataset = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key).datasets(
+        name="ten-point", workspace="backtrans")
+    assert list(dataset.settings.questions["score"].values) == list(range(1, 11))
+    assert "ten-point house rubric" in dataset.settings.guidelines
+    keep = {int(r.metadata["llm_score"]): r.suggestions["keep"].value for r in dataset.records(with_suggestions=True)}
+    assert keep == {1: "discard", 3: "discard", 5: "discard", 7: "keep", 9: "keep"}

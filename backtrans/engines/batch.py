@@ -175,7 +175,7 @@ def run_job(job: FileJob, poll_s: float = 10.0, on_progress: Callable[[Progress]
     total = job.validate() if total is None else total
     store = RunStore(job.store_path)
     try:
-        config = {**job.run_config(), "engine": "batch"}
+        config = job.run_config().updated(engine="batch")
         run_id = run_id or store.resume_or_start(job.task.kind, config, parent=job.parent_run_id)
         state_path = Path(f"{job.store_path}.batch-{run_id}.json")
         client = _sdk(job.task.settings)
@@ -249,7 +249,7 @@ def ingest_file(job: FileJob, results: str | Path, on_progress: Callable[[Progre
     total = job.validate() if total is None else total
     store = RunStore(job.store_path)
     try:
-        config = {**job.run_config(), "engine": "batch"}
+        config = job.run_config().updated(engine="batch")
         run_id = run_id or store.resume_or_start(job.task.kind, config, parent=job.parent_run_id)
         progress = Progress(total=total)
         with Path(results).open(encoding="utf-8") as handle:

@@ -1,0 +1,91 @@
+"""Curation decisions, in one place: which measure the judge is read by, its keep at a threshold, a reviewer's
+decision, and the final keep. The review, the Argilla merge, export, `curate` and the app all ask here.
+
+The rule: a decision made in this session (an override) wins; then a reviewer's (`human_keep`); then, unless
+the caller is choosing afresh, a final decision recorded in the file (`final_keep`); then the judge: its
+measure >= threshold, where the measure is the expected score (from digit probabilities) when asked for and
+present, else the parsed score. A row the judge did not score is not kept by the judge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+MEASURES = ("score", "expected_score")
+
+
+def missing(value: object) -> bool:
+    """None, NaN, pandas' NA and NaT: a cell with no value, whichever library wrote it."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def check_measure(by: str) -> str:
+    if by not in MEASURES:
+        raise ValueError(f"unknown measure {by!r}; one of {', '.join(MEASURES)}")
+    return by
+
+
+def judge_measure(row: Mapping[str, Any], by: str = "score") -> float | None:
+    value = row.get("expected_score") if check_measure(by) == "expected_score" else None
+    if missing(value):
+        value = row.get("score")
+    return None if missing(value) else float(value)
+
+
+def judge_keeps(row: Mapping[str, Any], threshold: float, by: str = "score") -> bool | None:
+    """The judge's own decision; None when it gave no score."""
+    measure = judge_measure(row, by)
+    return None if measure is None else measure >= threshold
+
+
+def human_keep(row: Mapping[str, Any]) -> bool | None:
+    value = row.get("human_keep")
+    return None if missing(value) else bool(value)
+
+
+def final_keep(row: Mapping[str, Any], threshold: float, by: str = "score", *, override: bool | None = None,
+               afresh: bool = False) -> bool:
+    """`afresh`: ignore a recorded `final_keep` (it was decided at another threshold) and let the judge decide
+    every row no person has, as `curate --threshold-from` does with a calibrated threshold."""
+    if override is not None:
+        return override
+    human = human_keep(row)
+    if human is not None:
+        return human
+    recorded = None if afresh else row.get("final_keep")
+    if not missing(recorded):
+        return bool(recorded)
+    return bool(judge_keeps(row, threshold, by))
+
+
+def decide_frame(frame, threshold: float, by: str = "score", overrides: Mapping[int, bool] | None = None):
+    """The same rule over a whole table at once (the review table of 100k rows is redrawn on every change).
+    Adds `judge_keep` (NA where unscored), `final_keep` and `decided_by` (judge | reviewer | you); `overrides`
+    are keyed by the frame's `row` column, a row's identity, never its position."""
+    import pandas as pd
+
+    frame = frame.copy()
+    measure = frame["score"]
+    if check_measure(by) == "expected_score" and "expected_score" in frame:
+        measure = frame["expected_score"].fillna(frame["score"])
+    judge = measure.fillna(-math.inf) >= threshold
+    decided = pd.Series(pd.NA, index=frame.index, dtype="object")
+    decided_by = pd.Series("judge", index=frame.index, dtype="object")
+    if "human_keep" in frame:
+        reviewed = frame["human_keep"].notna()
+        decided = decided.where(~reviewed, frame["human_keep"])
+        decided_by[reviewed] = "reviewer"
+    if overrides:
+        yours = frame["row"].map(dict(overrides))
+        decided = decided.where(yours.isna(), yours)
+        decided_by[yours.notna()] = "you"
+    frame["final_keep"] = decided.where(decided.notna(), judge).astype(bool)
+    frame["judge_keep"] = judge.where(measure.notna(), pd.NA)
+    frame["decided_by"] = decided_by
+    return frame

@@ -1,0 +1,348 @@
+"""The CLI's session: the operations of `Session`, over files on the user's own machine.
+
+Rows stream from the input file to the output file, so a file of any size never sits in memory, and the run
+store is the user's own file, so every run in it is theirs. This session and the app's `Session` hold no rule
+of their own: keep decisions, review plans and estimates, Argilla pushes and pulls and the run settings all
+come from the core modules, so the two faces cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backtrans.decisions import check_measure, final_keep
+from backtrans.export import RowWriter, curated, push_to_hub, score_histogram
+from backtrans.llm import LLMClient, LLMSettings
+from backtrans.records import PAIR_COLUMNS, iter_rows
+from backtrans.run_config import RunConfig
+from backtrans.runner import FileJob, Progress
+from backtrans.store import RunInfo, RunStore
+from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, load_template
+
+DEFAULT_TEMPLATES = {"judge": DEFAULT_JUDGE_TEMPLATE, "generate": "generate-response",
+                     "augment": "backward-instruction"}
+
+
+class FileSessionError(Exception):
+    """Something asked of the session that cannot be done; the message names what to change."""
+
+
+@dataclass
+class AugmentOptions:
+    seed: str | None = None  # a JSONL of seed pairs (default: the bundled ones)
+    examples: int = 3
+    min_chars: int = 200
+    max_chars: int = 6000
+    max_header_caps: float = 0.5
+    near_duplicate: float = 0.8
+
+
+@dataclass
+class Engine:
+    """Where the rows run: this process, a Ray cluster, or a provider's Batch API (or its files)."""
+
+    name: str = "asyncio"  # asyncio | ray
+    ray_address: str | None = None
+    batch: bool = False
+    batch_poll_s: float = 10.0
+    batch_file: str | None = None  # only write the requests file
+    batch_results: str | None = None  # ingest a results file instead of calling the model
+
+    def check(self) -> None:
+        if self.name == "ray" and (self.batch or self.batch_file or self.batch_results):
+            raise FileSessionError("--batch sends the whole file to the provider's batch service; "
+                                   "it takes no --engine ray")
+
+
+@dataclass
+class JobOutcome:
+    run_id: str | None
+    progress: Progress | None
+    counts: str  # how the calls went (client retries, batches, the engine)
+    filters: str | None = None  # augment: what the segment filters dropped
+    requests_written: int | None = None  # --batch-file: requests written, nothing run
+
+
+@dataclass
+class PreparedJob:
+    """A job whose input has been read once and found sound: nothing was called yet."""
+
+    job: FileJob
+    config: RunConfig
+    total: int
+    resume: str | None = None
+    _filters: Callable[[], str | None] = lambda: None
+
+    def run(self, engine: Engine | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> JobOutcome:
+        engine = engine or Engine()
+        engine.check()
+        job, total, run_id = self.job, self.total, self.resume
+        if engine.name == "ray":
+            from backtrans.engines.ray_engine import run_job
+
+            run_id, progress = run_job(job, engine.ray_address, on_progress=on_progress, total=total, run_id=run_id)
+            return JobOutcome(run_id, progress, "engine ray", self._filters())
+        if engine.batch_file:
+            from backtrans.engines.batch import write_file
+
+            return JobOutcome(None, None, "", self._filters(), requests_written=write_file(job, engine.batch_file))
+        if engine.batch_results:
+            from backtrans.engines.batch import ingest_file
+
+            run_id, progress, counts = ingest_file(job, engine.batch_results, on_progress=on_progress, total=total,
+                                                   run_id=run_id)
+        elif engine.batch:
+            from backtrans.engines.batch import run_job
+
+            run_id, progress, counts = run_job(job, poll_s=engine.batch_poll_s, on_progress=on_progress,
+                                               total=total, run_id=run_id)
+        else:
+            client = LLMClient(job.task.settings)
+            run_id, progress = job.run(client, run_id=run_id, on_progress=on_progress, total=total)
+            counts = client.describe()
+        return JobOutcome(run_id, progress, counts, self._filters())
+
+
+@dataclass
+class CurateOutcome:
+    kept: int
+    total: int
+    threshold: float
+    by: str
+    histogram: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PullOutcome:
+    summary: str
+    report: dict
+    rows: int
+    kept: int
+
+
+class FileSession:
+    def __init__(self, store_path: str):
+        self.store_path = store_path
+
+    # --- LLM jobs -----------------------------------------------------------------------------------------
+
+    def prepare(self, kind: str, *, resume: str | None = None, llm: dict | None = None,
+                drop_duplicates: bool = False, augment: AugmentOptions | None = None,
+                **given: object) -> PreparedJob:
+        """A judge, generate or augment job. `given`: the RunConfig settings the user stated (source, output,
+        template, model, base_url, mapping, hf_config, split, parent_run_id); with `resume`, the stored run's
+        settings fill in the rest and every stated one wins. `llm`: LLMSettings overrides (concurrency, ...)."""
+        config = self._settings(kind, resume, given)
+        settings = LLMSettings.from_env(model=config.model or None, base_url=config.base_url or None, **(llm or {}))
+        template = load_template(config.template)
+        source = config.source if not Path(config.source).exists() else str(Path(config.source).resolve())
+        filters_line: list[str | None] = [None]
+        row_source = None
+        if kind == "judge":
+            from backtrans.judge import JudgeTask
+
+            task, required, optional = JudgeTask(template, settings), PAIR_COLUMNS, ()
+        elif kind == "generate":
+            from backtrans.generate import ResponseTask
+
+            task, required, optional = ResponseTask(template, settings), ("instruction",), ("generation",)
+        else:
+            from backtrans.augment import FilterReport, FilterSettings, candidate_rows, load_seed_examples
+            from backtrans.backward import BackwardTask
+
+            options = augment or AugmentOptions()
+            task = BackwardTask(template, settings, load_seed_examples(options.seed, options.examples))
+            required, optional = ("text",), ()
+            filters = FilterSettings(options.min_chars, options.max_chars, options.max_header_caps,
+                                     options.near_duplicate)
+
+            def row_source() -> Iterator[dict]:
+                report = FilterReport()
+                filters_line[0] = None
+                rows = candidate_rows(source, filters, report, config=config.hf_config, split=config.split,
+                                      mapping=config.mapping)
+                yield from rows
+                filters_line[0] = report.describe()
+
+        job = FileJob(source=source, output=str(Path(str(config.output)).resolve()), task=task,
+                      store_path=self.store_path, mapping=config.mapping, required=required, optional=optional,
+                      config=config.hf_config, split=config.split, drop_duplicates=drop_duplicates,
+                      row_source=row_source, parent_run_id=config.parent_run_id)
+        total = job.validate()  # the whole input is checked before the first call
+        return PreparedJob(job, job.run_config(), total, resume, lambda: filters_line[0])
+
+    def _settings(self, kind: str, resume: str | None, given: dict) -> RunConfig:
+        if resume:
+            info = self.run(resume)
+            if info is None:
+                raise FileSessionError(f"no run {resume!r} in {self.store_path}")
+            if info.settings.kind != kind:
+                raise FileSessionError(f"run {resume} is a {info.settings.kind} run, not a {kind} run")
+            config = info.settings.updated(**given)
+        else:
+            config = RunConfig(kind=kind, source=str(given.pop("source", "") or ""),
+                               template=str(given.pop("template", "") or ""), model=str(given.pop("model", "") or ""),
+                               base_url=str(given.pop("base_url", "") or "")).updated(**given)
+        if not config.source or not config.output:
+            raise FileSessionError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
+        if not config.template:
+            stated = os.environ.get("BACKTRANS_TEMPLATE") if kind == "judge" else None
+            config = config.updated(template=stated or DEFAULT_TEMPLATES[kind])
+        return config
+
+    # --- runs ---------------------------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunInfo | None:
+        store = RunStore(self.store_path)
+        try:
+            return store.run(run_id)
+        finally:
+            store.close()
+
+    def runs(self) -> list[tuple[RunInfo, dict]]:
+        """Every run in the store, newest first, with its calls and tokens."""
+        store = RunStore(self.store_path)
+        try:
+            return [(info, store.usage(info.run_id)) for info in store.runs()]
+        finally:
+            store.close()
+
+    def lineage(self, run_id: str) -> list[tuple[RunInfo, dict]]:
+        """The rounds that led to a run, first round first, each with its rows, A4 and A5."""
+        store = RunStore(self.store_path)
+        try:
+            chain = store.lineage(run_id)
+            if not chain:
+                raise FileSessionError(f"no run {run_id!r} in {self.store_path}")
+            return [(info, store.summary(info.run_id)) for info in chain]
+        finally:
+            store.close()
+
+    # --- curation and export ------------------------------------------------------------------------------
+
+    def curate(self, source: str, output: str, threshold: float = 4, by: str = "score",
+               threshold_from: str | None = None) -> CurateOutcome:
+        """The kept pairs. With `threshold_from` (a `review estimate --json` report) its threshold and measure
+        decide afresh for every pair no reviewer decided."""
+        afresh = threshold_from is not None
+        if threshold_from:
+            report = read_estimate_report(threshold_from)
+            threshold, by = float(report["threshold"]), report["by"]
+        scores, kept = [], 0
+        with RowWriter(output) as writer:
+            for located in iter_rows(source):
+                row = located.row
+                scores.append(row.get("score"))
+                if final_keep(row, threshold, by, afresh=afresh):
+                    writer.write(row)
+                    kept += 1
+        return CurateOutcome(kept, len(scores), threshold, by, score_histogram(scores))
+
+    def export(self, source: str, output: str, fmt: str | None = None, threshold: float | None = None,
+               by: str = "score", system_tag: str | None = None, push_to: str | None = None
+               ) -> tuple[int, str, str | None]:
+        """(rows written, format, the Hub URL when pushed). `threshold`: only the kept pairs."""
+        rows = (located.row for located in iter_rows(source))
+        if threshold is not None:
+            rows = curated(rows, threshold, by)
+        with RowWriter(output, fmt, system_tag=system_tag) as writer:
+            for row in rows:
+                writer.write(row)
+        return writer.count, writer.format, push_to_hub(output, push_to) if push_to else None
+
+    # --- review budgets -----------------------------------------------------------------------------------
+
+    def _scored_frame(self, source: str):
+        import pandas as pd
+
+        return pd.DataFrame([located.row for located in iter_rows(source, required=("instruction",),
+                                                                  optional=("generation",))])
+
+    def review_plan(self, source: str, output: str, budget: int, *, seed: int = 0, by: str | None = None,
+                    threshold: float | None = None, near_share: float = 0.2, overlap_share: float = 0.1):
+        from backtrans import review
+
+        planned, summary = review.plan(self._scored_frame(source), budget, seed=seed, by=by, threshold=threshold,
+                                       near_share=near_share if threshold is not None else 0.0,
+                                       overlap_share=overlap_share)
+        with RowWriter(output) as writer:
+            for row in planned.to_dict("records"):
+                writer.write(row)
+        return summary
+
+    def review_estimate(self, source: str, *, by: str | None = None, threshold: float | None = None,
+                        target_precision: float | None = None, report_path: str | None = None):
+        """(estimates, reviewer agreement). With a target: the one chosen threshold, or no estimate when none
+        reaches it; with a threshold: that one; else every candidate threshold."""
+        from backtrans import review
+
+        frame = self._scored_frame(source)
+        try:
+            review.check_population(frame)
+        except review.ReviewError as exc:
+            raise FileSessionError(f"{source}: {exc}") from None
+        if target_precision is not None:
+            chosen = review.choose_threshold(frame, target_precision, by)
+            reports = [chosen] if chosen is not None else []
+        elif threshold is not None:
+            reports = [review.estimate(frame, threshold, by)]
+        else:
+            reports = [review.estimate(frame, t, by) for t in review.candidate_thresholds(frame, by)]
+        if report_path and reports:
+            Path(report_path).write_text(json.dumps(reports[-1].to_json(), indent=2), encoding="utf-8")
+        return reports, review.reviewer_agreement(frame)
+
+    # --- Argilla ------------------------------------------------------------------------------------------
+
+    def argilla_push(self, source: str, dataset: str, *, workspace: str | None = None,
+                     template: str | None = None, threshold: float = 4, by: str = "score", batch_size: int = 200,
+                     overlap: int | None = None, design: str | None = None, resume: bool = True,
+                     on_progress: Callable[[int], None] | None = None):
+        """Every row of a scored file, or of a review plan (its design into the guidelines, its overlap share
+        to a dataset that asks two reviewers). Returns the push reports."""
+        from backtrans import argilla_sync
+
+        config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
+        rows = [located.row for located in iter_rows(source)]
+        return argilla_sync.push_rows(rows, dataset, config, design=design, overlap=overlap,
+                                      template=template or os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
+                                      threshold=threshold, by=by, batch_size=batch_size, resume=resume,
+                                      on_progress=on_progress)
+
+    def count_rows(self, source: str) -> int:
+        return sum(1 for _ in iter_rows(source))
+
+    def argilla_pull(self, dataset: str, output: str, *, workspace: str | None = None, scored: str | None = None,
+                     policy: str = "majority", threshold: float = 4, by: str = "score",
+                     report_path: str | None = None) -> PullOutcome:
+        """Reviewers' decisions merged into the scored file's rows (default: the rows rebuilt from Argilla)."""
+        from backtrans import argilla_sync
+
+        config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
+        rows = [located.row for located in iter_rows(scored)] if scored else None
+        decisions, merged, report = argilla_sync.pull_merged(rows, dataset, config, policy, threshold,
+                                                             check_measure(by))
+        with RowWriter(output) as writer:
+            for row in merged:
+                writer.write(row)
+        if report_path:
+            Path(report_path).write_text(json.dumps(report, indent=2))
+        return PullOutcome(argilla_sync.format_summary(argilla_sync.summary(decisions)), report, len(merged),
+                           sum(1 for row in merged if row["final_keep"]))
+
+
+def read_estimate_report(path: str) -> dict:
+    """A `review estimate --json` report: its threshold and measure."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        float(report["threshold"])
+        check_measure(report["by"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FileSessionError(f"{path}: not a `review estimate --json` report ({type(exc).__name__}: {exc})"
+                               ) from None
+    return report
