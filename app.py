@@ -17,9 +17,18 @@ import pandas as pd
 from backtrans import backends
 from backtrans.augment import FilterSettings
 from backtrans.curate import SORTS, STATUSES, Filters
+from backtrans.export import FORMATS as EXPORT_FORMATS
 from backtrans.limits import LimitError
 from backtrans.owners import BROWSER_ID, new_browser_id, owner_for
-from backtrans.session import CUSTOM_TEMPLATE, DEFAULT_TEMPLATE, NoSuchRun, Session, SessionError, Workspace
+from backtrans.session import (
+    CUSTOM_TEMPLATE,
+    DEFAULT_TEMPLATE,
+    UPLOAD_SUFFIXES,
+    NoSuchRun,
+    Session,
+    SessionError,
+    Workspace,
+)
 from backtrans.templates import TemplateError, list_templates, load_template
 
 ROOT = Path(__file__).resolve().parent
@@ -356,7 +365,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
         with gr.Tab("1 · Data"):
             with gr.Row():
                 upload = gr.File(label="Upload JSONL, CSV or Parquet", elem_id="data-upload",
-                                 file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet"])
+                                 file_types=list(UPLOAD_SUFFIXES))
                 with gr.Column():
                     sample = gr.Button("Use the bundled sample (30 pairs)", elem_id="data-sample")
                     hub_id = gr.Textbox(label="…or a Hugging Face dataset", placeholder="OWNER/NAME",
@@ -522,7 +531,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
 
         with gr.Tab("6 · Export"):
             with gr.Row():
-                export_format = gr.Dropdown(["jsonl", "chat", "csv", "parquet"], value="jsonl", label="Format",
+                export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
                                             info="chat: training format with the paper's system tags",
                                             elem_id="export-format")
                 export_download = gr.DownloadButton("Download the curated set", elem_id="export-download")

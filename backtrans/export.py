@@ -13,7 +13,8 @@ from pathlib import Path
 
 from backtrans.decisions import final_keep, missing
 
-FORMATS = ("jsonl", "parquet", "csv", "chat")
+SUFFIXES = {"jsonl": ".jsonl", "chat": ".jsonl", "csv": ".csv", "parquet": ".parquet"}  # a format's file suffix
+FORMATS = tuple(SUFFIXES)
 SEED_SYSTEM_TAG = "Answer in the style of an AI Assistant."
 AUGMENTED_SYSTEM_TAG = "Answer with knowledge from web search."
 KNOWN_TYPES = {"score": "int64", "expected_score": "float64", "human_score": "int64"}

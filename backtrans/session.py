@@ -34,7 +34,6 @@ DEFAULT_TEMPLATE = os.environ.get("BACKTRANS_TEMPLATE", "humpback")
 CUSTOM_TEMPLATE = "custom"
 PAGE_SIZE = 50
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")
-EXPORT_SUFFIXES = {"jsonl": ".jsonl", "chat": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 SAMPLE_LABEL = "the bundled sample"
 
 
@@ -689,17 +688,17 @@ class Session:
     # --- export -------------------------------------------------------------------------------------------
 
     def export(self, fmt: str, threshold: float) -> Exported:
-        from backtrans.export import RowWriter
+        from backtrans.export import SUFFIXES, RowWriter
 
         if self.bench is None or not len(self.bench):
             return Exported(None, 0, "Nothing to export yet.")
-        if fmt not in EXPORT_SUFFIXES:
+        if fmt not in SUFFIXES:
             return Exported(None, 0, f"Unknown format {fmt[:20]!r}.")
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.source_label or "data").stem).strip("-") or "data"
         name = f"{stem}-curated-{datetime.date.today().isoformat()}{'-chat' if fmt == 'chat' else ''}"
         folder = self.folder / "exports" / hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:12]
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}{EXPORT_SUFFIXES[fmt]}"
+        path = folder / f"{name}{SUFFIXES[fmt]}"
         rows = self.bench.rows_for_export(float(threshold))
         with RowWriter(path, fmt) as writer:
             for row in rows:
