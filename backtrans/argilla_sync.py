@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from backtrans.decisions import final_keep, judge_keeps, missing
+from backtrans.decisions import final_keep, judge_keeps
 from backtrans.llm import redact
+from backtrans.records import missing
 from backtrans.store import content_key
 from backtrans.templates import Template, load_template
 
@@ -166,7 +167,7 @@ def record_id(row: dict) -> str:
 
 
 def _number(value) -> float | None:
-    if value is None:
+    if missing(value):
         return None
     try:
         number = float(value)

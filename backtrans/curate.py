@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from backtrans.decisions import decide_frame, missing
+from backtrans.decisions import decide_frame
 from backtrans.export import score_histogram
 from backtrans.judge import RESULT_COLUMNS
+from backtrans.records import missing
 
 # Short columns first: the verdict stays in view beside the pair however long the texts are.
 # The verdict (final, and the judge's own) first: it stays in view without scrolling.

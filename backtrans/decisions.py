@@ -4,7 +4,8 @@ decision, and the final keep. The review, the Argilla merge, export, `curate` an
 The rule: a decision made in this session (an override) wins; then a reviewer's (`human_keep`); then, unless
 the caller is choosing afresh, a final decision recorded in the file (`final_keep`); then the judge: its
 measure >= threshold, where the measure is the expected score (from digit probabilities) when asked for and
-present, else the parsed score. A row the judge did not score is not kept by the judge.
+present, else the parsed score. A row the judge did not score is not kept by the judge. Whether a cell holds a
+value at all is `records.missing`'s to say.
 """
 
 from __future__ import annotations
@@ -13,16 +14,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from backtrans.records import missing
+
 MEASURES = ("score", "expected_score")
-
-
-def missing(value: object) -> bool:
-    """None, NaN, pandas' NA and NaT: a cell with no value, whichever library wrote it."""
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")
 
 
 def check_measure(by: str) -> str:

@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from backtrans.decisions import final_keep, missing
+from backtrans.decisions import final_keep
+from backtrans.records import missing
 
 SUFFIXES = {"jsonl": ".jsonl", "chat": ".jsonl", "csv": ".csv", "parquet": ".parquet"}  # a format's file suffix
 FORMATS = tuple(SUFFIXES)

@@ -75,12 +75,17 @@ def _fmt(value: object) -> str:
     return repr(value) if not isinstance(value, str) else value
 
 
-def _clean_value(value: object) -> object:
+def missing(value: object) -> bool:
+    """None, NaN, pandas' NA and NaT: a cell with no value, whichever library wrote it. The one test for it."""
     if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _clean_value(value: object) -> object:
+    return None if missing(value) else value
 
 
 # --- raw readers: yield (where, dict) ---------------------------------------------------------------

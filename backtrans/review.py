@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from backtrans.decisions import missing
+from backtrans.records import missing
 
 Z95 = 1.959963984540054
 EXPECTED_BAND = 0.5  # width of an expected-score band

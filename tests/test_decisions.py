@@ -3,7 +3,8 @@ import math
 import pandas as pd
 import pytest
 
-from backtrans.decisions import decide_frame, final_keep, human_keep, judge_keeps, judge_measure, missing
+from backtrans.decisions import decide_frame, final_keep, human_keep, judge_keeps, judge_measure
+from backtrans.records import missing
 
 
 def test_missing_knows_every_library_s_empty_cell():
