@@ -155,6 +155,10 @@ class FilterSettings:
     near_duplicate_threshold: float = 0.8  # Jaccard similarity (MinHash) at which segments are the same
     num_perm: int = 128
 
+    def __post_init__(self) -> None:
+        if not 0 < self.near_duplicate_threshold <= 1:
+            raise ValueError(f"the near-duplicate similarity must be in (0, 1], not {self.near_duplicate_threshold:g}")
+
 
 @dataclass
 class FilterReport:
@@ -188,7 +192,12 @@ def filter_segments(segments: Iterable[Segment], settings: FilterSettings | None
 
     settings = settings or FilterSettings()
     report = report if report is not None else FilterReport()
-    lsh = MinHashLSH(threshold=settings.near_duplicate_threshold, num_perm=settings.num_perm)
+    try:
+        lsh = MinHashLSH(threshold=settings.near_duplicate_threshold, num_perm=settings.num_perm)
+    except ValueError:
+        # Above ~0.97, 128 permutations cannot be split into the bands datasketch's tuning wants (it needs two or
+        # more): the tightest index it allows, two bands of 64, finds pairs that near-identical and few others.
+        lsh = MinHashLSH(num_perm=settings.num_perm, params=(2, settings.num_perm // 2))
     exact: set[bytes] = set()
     for item in segments:
         report.segments += 1

@@ -158,8 +158,11 @@ class FileSession:
             options = augment or AugmentOptions()
             task = BackwardTask(template, settings, load_seed_examples(options.seed, options.examples))
             required, optional = ("text",), ()
-            filters = FilterSettings(options.min_chars, options.max_chars, options.max_header_caps,
-                                     options.near_duplicate)
+            try:
+                filters = FilterSettings(options.min_chars, options.max_chars, options.max_header_caps,
+                                         options.near_duplicate)
+            except ValueError as exc:
+                raise FileSessionError(str(exc)) from None
 
             def row_source() -> Iterator[dict]:
                 report = FilterReport()

@@ -51,6 +51,27 @@ def test_each_filter_removes_what_it_should_and_reports_it():
     assert A.caps_share("CLICK HERE") == 1.0 and A.caps_share("Baking Bread") == 2 / 11
 
 
+@pytest.mark.parametrize("threshold", [0.95, 0.99, 1.0])
+def test_a_strict_near_duplicate_similarity_still_filters(threshold):
+    # datasketch cannot tune 128 permutations for thresholds above ~0.97; these once crashed augment.
+    punctuated = PARAGRAPH.replace(",", ";")  # the same words: identical shingles, a different exact digest
+    near = PARAGRAPH + "Share this recipe with your friends."  # Jaccard ~0.88
+    segments = [A.Segment("a", "", PARAGRAPH), A.Segment("b", "", punctuated), A.Segment("c", "", near)]
+    report = A.FilterReport()
+    kept = [s.doc_id for s in A.filter_segments(segments, A.FilterSettings(min_chars=10,
+                                                                           near_duplicate_threshold=threshold), report)]
+    assert kept == ["a", "c"] and report.removed["near_duplicate"] == 1
+
+
+def test_a_near_duplicate_similarity_out_of_range_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        A.FilterSettings(near_duplicate_threshold=1.5)
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": PARAGRAPH}])
+    assert main(["augment", str(docs), "-o", str(tmp_path / "o.jsonl"), "--near-duplicate", "0",
+                 "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--no-progress"]) == 2
+    assert "must be in (0, 1], not 0" in capsys.readouterr().err
+
+
 def test_documents_from_a_folder_and_from_jsonl(tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
