@@ -177,7 +177,7 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
         augment = AugmentOptions(args.seed, args.examples, args.min_chars, args.max_chars, args.max_header_caps,
                                  args.near_duplicate)
     llm = {"concurrency": args.concurrency, "requests_per_minute": args.rpm, "timeout_s": args.timeout,
-           "max_retries": args.max_retries, "hedge": not args.no_hedge}
+           "max_retries": args.max_retries, "hedge": False if args.no_hedge else None}
     prepared = _session(args).prepare(
         KINDS[args.command], resume=args.resume, llm=llm, drop_duplicates=args.drop_duplicates, augment=augment,
         source=args.input, output=args.output, template=args.template, model=args.model, base_url=args.base_url,

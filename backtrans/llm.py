@@ -34,7 +34,9 @@ class LLMSettings:
     timeout_s: float = 120.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
-    hedge: bool = True
+    # BACKTRANS_HEDGE=0: never hedge (`local env` sets it: on one local server a slow call means a busy server,
+    # and a duplicate would only queue behind it).
+    hedge: bool = field(default_factory=lambda: os.environ.get("BACKTRANS_HEDGE", "1") != "0")
     hedge_quantile: float = 0.95  # a call this far into the latency distribution gets a duplicate
     hedge_budget: float = 0.05  # at most this share of requests are duplicates
     hedge_min_s: float = 0.05  # never hedge sooner: below this, a duplicate only adds load

@@ -205,6 +205,14 @@ def test_no_hedge_sends_exactly_one_request_per_call(fake_llm):
     assert not any(r.hedged for r in results)
 
 
+def test_backtrans_hedge_0_turns_hedging_off_unless_a_caller_says_otherwise(monkeypatch):
+    from backtrans.llm import LLMSettings
+
+    assert LLMSettings.from_env().hedge
+    monkeypatch.setenv("BACKTRANS_HEDGE", "0")
+    assert not LLMSettings.from_env().hedge and LLMSettings.from_env(hedge=True).hedge
+
+
 def test_the_hedge_delay_is_a_high_percentile_and_never_below_twice_the_median():
     from backtrans.llm import _Hedger
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -174,6 +175,9 @@ def test_a_state_file_of_the_old_shape_is_read_and_down_still_stops_it(tmp_path,
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     app_argv = [sys.executable, "-c", "import time; time.sleep(121)"]
     app = subprocess.Popen(app_argv)
+    # Right after the fork, /proc shows the parent's argv until the child has exec'd.
+    local.wait_until(lambda: Path(f"/proc/{app.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+                     == [a.encode() for a in app_argv], 30, "the app's exec", pid=app.pid)
     try:
         (tmp_path / "servers.json").write_text(json.dumps({
             "llm": {"pid": server.pid, "port": 1, "model": local.TEST_MODEL, "base_url": "http://127.0.0.1:1/v1"},
@@ -187,6 +191,7 @@ def test_a_state_file_of_the_old_shape_is_read_and_down_still_stops_it(tmp_path,
         assert lines["llm"] == f"running at http://127.0.0.1:1/v1 (pids [{server.pid}])"
         assert lines["app"] == f"running at http://127.0.0.1:7860 (pid {app.pid})"
         assert "export OPENAI_BASE_URL=http://127.0.0.1:1/v1" in local.env_lines()
+        assert "export BACKTRANS_HEDGE=0" in local.env_lines()  # one local server: no duplicates
 
         assert local.down() == ["app", "llm"]
         server.wait(timeout=15)  # `alive`, in this process, may have reaped them: their exit codes read 0

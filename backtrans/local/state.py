@@ -183,6 +183,7 @@ def env_lines() -> list[str]:
             "export OPENAI_API_KEY=local",
             f"export BACKTRANS_MODEL={llm['model']}",
             f"export BACKTRANS_TEMPLATE={MODELS[llm['model']].template}",
+            "export BACKTRANS_HEDGE=0",  # one local server: a duplicate of a slow call only queues behind it
         ]
     argilla = state.get("argilla")
     if _running(argilla) and not external_argilla():
