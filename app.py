@@ -338,6 +338,10 @@ def _browser_secret(workspace: Workspace) -> str:
     return path.read_text().strip()
 
 
+# Table headers wrap between words, never inside one ("expected score", not "e x p e c t e d").
+TABLE_CSS = "table th, table th * { word-break: normal !important; overflow-wrap: normal !important; }"
+
+
 def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     global WORKSPACE
     WORKSPACE = workspace or _workspace()
@@ -349,7 +353,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     default_backend = backends.SERVER if backends.server_key_shared() else backends.HUGGINGFACE
     server_model = os.environ.get("BACKTRANS_MODEL", "")
 
-    with gr.Blocks(title="backtrans") as demo:
+    with gr.Blocks(title="backtrans", css=TABLE_CSS) as demo:
         with gr.Row():
             gr.Markdown("# backtrans\nCurate instruction-tuning data with **instruction backtranslation** "
                         "(Humpback): an LLM judge scores each (instruction, response) pair with the paper's 5-point "
@@ -469,7 +473,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
                         clear_button = gr.Button("Use the judge's verdict", elem_id="override-clear",
                                                  interactive=False)
                 scores_plot = gr.BarPlot(x="bin", y="pairs", color="side", sort=None, elem_id="score-histogram",
-                                         title="Pairs by the measure in use (the colour changes at the threshold)",
+                                         title="Pairs by measure: green is kept",
                                          color_map={"kept": "#2e7d32", "discarded": "#9e9e9e"})
 
             with gr.Accordion("Calibrated threshold (after pulling reviewers' decisions)", open=False,
@@ -523,8 +527,8 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
             confusion_plot = gr.BarPlot(x="LLM", y="pairs", color="human", title="Confusion: LLM keep vs human keep",
                                         elem_id="argilla-confusion")
             disagreements = gr.Dataframe(
-                pd.DataFrame(columns=["instruction", "generation", "score", "expected_score", "reason", "human_keep",
-                                      "human_score", "human_note", "reviewer"]),
+                pd.DataFrame(columns=["instruction", "generation", "score", "expected score", "reason", "human keep",
+                                      "human score", "note", "reviewer"]),
                 label="Where humans and the LLM disagree", interactive=False, wrap=True, max_height=600,
                 column_widths=["22%", "22%", "70px", "90px", "16%", "80px", "80px", "12%", "90px"],
                 elem_id="argilla-disagreements")

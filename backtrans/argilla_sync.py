@@ -490,8 +490,12 @@ def summary(decisions: dict[str, Decision]) -> dict:
 
 def format_summary(info: dict) -> str:
     who = ", ".join(info["reviewers"]) or "no reviewers yet"
-    return (f"Pulled {info['records']} records: {info['decisions']} with a decision, {info['votes']} votes "
-            f"from {len(info['reviewers'])} reviewers ({who}), {info['drafts']} drafts")
+    return (f"Pulled {info['records']} records: {info['decisions']} with a decision, {_count(info['votes'], 'vote')} "
+            f"from {_count(len(info['reviewers']), 'reviewer')} ({who}), {_count(info['drafts'], 'draft')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def progress_by_reviewer(dataset_name: str, config: ArgillaConfig) -> dict[str, int]:

@@ -21,6 +21,9 @@ from backtrans.records import missing
 # The verdict (final, and the judge's own) first: it stays in view without scrolling.
 REVIEW_COLUMNS = ["row", "verdict", "judge", "score", "expected_score", "reason", "instruction", "generation", "status"]
 STATUSES = ("ok", "parse_error", "llm_error", "pending")
+# Words a table header can wrap between; the data keeps its column names.
+HEADERS = {"expected_score": "expected score", "human_keep": "human keep", "human_score": "human score",
+           "human_note": "note"}
 SORTS = {
     "input order": ("row", True),
     "score, high first": ("score", False),
@@ -140,7 +143,9 @@ def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int]
         shown["judge"] = [_verdict(keep, "judge") for keep in chunk["judge_keep"]]
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)
-    return shown, pages
+    if "expected_score" not in view or not view["expected_score"].notna().any():
+        shown = shown.drop(columns=["expected_score"])  # a judge without digit probabilities: no empty column
+    return shown.rename(columns=HEADERS), pages
 
 
 def _verdict(keep: object, decided_by: str) -> str:

@@ -21,7 +21,16 @@ from pathlib import Path
 import pandas as pd
 
 from backtrans import backends
-from backtrans.curate import Filters, Workbench, measure_histogram, page, plain_value, record_html, threshold_counts
+from backtrans.curate import (
+    HEADERS,
+    Filters,
+    Workbench,
+    measure_histogram,
+    page,
+    plain_value,
+    record_html,
+    threshold_counts,
+)
 from backtrans.limits import JobGate, LimitError, Limits, day_ago
 from backtrans.owners import Owner, OwnershipError, check_hub_id, confined_path, on_space
 from backtrans.records import SAMPLE_PATH, RecordsError, dataframe_rows, load_records, preview_columns, resolve_columns
@@ -635,11 +644,12 @@ class Session:
                    "human_note", "reviewer")
         disagree = pd.DataFrame([{k: row.get(k) for k in columns}
                                  for row in merged if argilla_sync.record_id(row) in disagreements],
-                                columns=list(columns))
+                                columns=list(columns)).rename(columns=HEADERS)
         decided = [d for d in decisions.values() if d.human_keep is not None]
         reviewers = sorted({name for d in decisions.values() for name in d.votes})
-        message = (f"Pulled **{len(decisions)}** reviewed records: {len(decided)} decisions"
-                   + (f" from {len(reviewers)} reviewers ({', '.join(reviewers)})" if reviewers else "") + ".")
+        who = (f", from {len(reviewers)} reviewer{'s' if len(reviewers) != 1 else ''} ({', '.join(reviewers)})"
+               if reviewers else ", no reviewer has answered yet")
+        message = f"Pulled **{len(decisions)}** records: **{len(decided)}** with a reviewer's decision{who}."
         return message, "```\n" + argilla_sync.format_report(report) + "\n```", confusion, disagree
 
     def review_estimates(self, target_precision: float = 0.9):

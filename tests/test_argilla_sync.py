@@ -210,7 +210,7 @@ def test_cli_push_and_pull(argilla_stack, argilla_config, tmp_path, monkeypatch,
                  "--report", str(report)]) == 0
     printed = capsys.readouterr()
     assert "Cohen's kappa" in printed.out and argilla_stack.api_key not in printed.out + printed.err
-    assert "Pulled 6 records: 1 with a decision, 1 votes from 1 reviewers (reviewer-c)" in printed.err
+    assert "Pulled 6 records: 1 with a decision, 1 vote from 1 reviewer (reviewer-c)" in printed.err
     assert main(["argilla", "push", str(scored), "--dataset", "cli-set", "--overlap", "2",
                  "--design", "every pair, once"]) == 0
     assert "pushed 0 records (6 already there)" in capsys.readouterr().err

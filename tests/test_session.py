@@ -393,7 +393,8 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
         if row["overlap"]:
             second.respond(server_ids[argilla_sync.record_id(row)], "keep" if good or row["score"] == 2 else "discard")
     message, _, _, _ = session.argilla_pull("plan-review", "backtrans", "any-discard", 4)
-    assert "Pulled **40** reviewed records" in message and "plan-ann" in message and "plan-bob" in message
+    assert "Pulled **40** records: **40** with a reviewer's decision, from 2 reviewers" in message
+    assert "plan-ann" in message and "plan-bob" in message
     text, calibration, curves, suggested = session.review_estimates(0.8)
     assert "Reviewed **40** pairs" in text and "Cohen's kappa" in text
     assert {"human keep rate", "95% low", "95% high"} == set(calibration["series"])
