@@ -353,7 +353,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     default_backend = backends.SERVER if backends.server_key_shared() else backends.HUGGINGFACE
     server_model = os.environ.get("BACKTRANS_MODEL", "")
 
-    with gr.Blocks(title="backtrans", css=TABLE_CSS) as demo:
+    with gr.Blocks(title="backtrans") as demo:
         with gr.Row():
             gr.Markdown("# backtrans\nCurate instruction-tuning data with **instruction backtranslation** "
                         "(Humpback): an LLM judge scores each (instruction, response) pair with the paper's 5-point "
@@ -646,6 +646,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         show_error=False,
+        css=TABLE_CSS,  # Gradio 6 takes page styles at launch
         max_file_size=f"{workspace.limits.upload_mb}mb" if workspace.limits.upload_mb else None,
     )
 
