@@ -272,6 +272,7 @@ def test_reasons_on_the_scores_line_show_in_the_review(page: Page, plain_app):
     page.click("#judge-start")
     expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
     _tab(page, "4 · Review")
-    reasons = page.locator('#results-table [data-testid^="cell-"][data-testid$="-5"]')
+    headers = [text.strip() for text in page.locator("#results-table th").all_inner_texts()]
+    reasons = page.locator(f'#results-table [data-testid^="cell-"][data-testid$="-{headers.index("reason")}"]')
     expect(reasons.first).to_have_text("The pair is on-topic.")
     assert reasons.count() >= 10 and all(text == "The pair is on-topic." for text in reasons.all_inner_texts())
