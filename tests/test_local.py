@@ -48,6 +48,7 @@ def test_model_file_is_checked_against_its_pinned_sha256(tmp_path, monkeypatch):
         altered.path()
 
 
+@pytest.mark.slow  # starts a real llama.cpp server
 def test_local_up_env_status_down(tmp_path):
     env = {**os.environ, "BACKTRANS_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
 
@@ -86,6 +87,7 @@ def _local_cli(home, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # starts the real app
 def test_local_down_stops_the_app_that_make_run_recorded(tmp_path):
     # What `make run` does, with a stand-in for app.py: exec_app records the PID, then execs the script.
     script = tmp_path / "stand_in_app.py"
