@@ -12,7 +12,6 @@ store's call log: the time from a row's last attempt being sent to its answer, a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -20,7 +19,17 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from throughput import ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary, write_pairs
+from throughput import (
+    ROOT,
+    FakeServer,
+    bench_parser,
+    code_version,
+    fresh_workdir,
+    measure,
+    our_cli,
+    parse_summary,
+    write_pairs,
+)
 
 COUNTS = re.compile(r"retries (\d+) · requests (\d+)"
                     r"(?: · hedges (\d+) \(([\d.]+)% extra load, (\d+) answered first\))?")
@@ -114,18 +123,13 @@ def buffer_runs(work: Path, n: int, head_s: float) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "hedging", rows=2000, concurrency=64)
     parser.add_argument("what", nargs="+", choices=["tail", "soak", "buffer"])
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--latency", type=float, default=0.25)
     parser.add_argument("--tail-rate", type=float, default=0.02)
     parser.add_argument("--tail", type=float, default=5.0, help="extra seconds for the slow requests")
     parser.add_argument("--hang", type=float, default=300.0, help="soak: how long a hung request hangs")
     parser.add_argument("--buffer-rows", type=int, default=50_000)
     parser.add_argument("--head-s", type=float, default=40.0, help="buffer: how long the first row takes")
-    parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hedging"))
-    parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
     work, pairs = fresh_workdir(args.workdir, args.rows)

@@ -13,7 +13,6 @@ Start-up alone (interpreter and imports, no rows) is measured separately with `p
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from throughput import ENV, ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary
+from throughput import ENV, ROOT, FakeServer, bench_parser, code_version, fresh_workdir, measure, our_cli, parse_summary
 
 # Cumulative: each row adds one lever to the one above it.
 LADDER = [
@@ -53,13 +52,8 @@ def startup_s(repeat: int = 5) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4000)
-    parser.add_argument("--latency", type=float, default=0.25)
-    parser.add_argument("--concurrency", type=int, default=256)
+    parser = bench_parser(__doc__, "lean_client", rows=4000, concurrency=256)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is shown")
-    parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "lean_client"))
-    parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
     work, pairs = fresh_workdir(args.workdir, args.rows)

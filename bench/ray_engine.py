@@ -10,23 +10,17 @@ number of requests in flight (actors x concurrency) is run beside it for compari
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 from pathlib import Path
 
-from throughput import ROOT, FakeServer, code_version, fresh_workdir, measure, our_cli, parse_summary
+from throughput import ROOT, FakeServer, bench_parser, code_version, fresh_workdir, measure, our_cli, parse_summary
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4000)
-    parser.add_argument("--latency", type=float, default=0.25)
-    parser.add_argument("--concurrency", type=int, default=64, help="per actor")
+    parser = bench_parser(__doc__, "ray_engine", rows=4000, concurrency=64, concurrency_help="per actor")
     parser.add_argument("--actors", type=int, default=2, help="what the engine picks on this 2-core machine")
-    parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "ray_engine"))
-    parser.add_argument("--markdown", metavar="PATH")
     args = parser.parse_args()
 
     work, pairs = fresh_workdir(args.workdir, args.rows)

@@ -164,6 +164,19 @@ def fresh_workdir(workdir: str, rows: int) -> tuple[Path, Path]:
     return work, pairs
 
 
+def bench_parser(doc: str, name: str, rows: int, concurrency: int, concurrency_help: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """The options every fake-server benchmark shares: its size, the server's latency, requests in flight, where
+    it works and where its markdown table goes. A benchmark adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--concurrency", type=int, default=concurrency, help=concurrency_help)
+    parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / name))
+    parser.add_argument("--markdown", metavar="PATH")
+    return parser
+
+
 def our_cli(input_path: Path, output: Path, store: Path, url: str, concurrency: int) -> list[str]:
     return [sys.executable, "-m", "backtrans", "score", str(input_path), "-o", str(output), "--base-url", url,
             "--model", "fake", "--concurrency", str(concurrency), "--store", str(store), "--no-progress"]
