@@ -30,6 +30,15 @@ def _tab(page: Page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def _judge_the_sample(page: Page) -> None:
+    """Load the bundled sample and judge it with the app's default template and backend."""
+    page.click("#data-sample")
+    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+    _tab(page, "3 · Judge")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+
+
 def _set_number(page: Page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(value)
@@ -41,12 +50,7 @@ def test_whole_flow_in_chromium(page: Page, app_server, argilla_stack, tmp_path)
     page.on("request", lambda request: requests.append(request.url))
     page.goto(app_server.url)
 
-    page.click("#data-sample")
-    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
-
-    _tab(page, "3 · Judge")
-    page.click("#judge-start")
-    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    _judge_the_sample(page)
     assert app_server.fake.stats()["requests"] == 30
 
     _tab(page, "4 · Review")
@@ -217,11 +221,7 @@ def test_two_browsers_are_two_owners_and_a_reload_keeps_ones_runs(browser, brows
 def test_a_second_dataset_starts_clean_and_an_override_follows_its_row(page: Page, plain_app, tmp_path):
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(plain_app.url)
-    page.click("#data-sample")
-    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
-    _tab(page, "3 · Judge")
-    page.click("#judge-start")
-    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    _judge_the_sample(page)
 
     _tab(page, "4 · Review")
     expect(page.locator("#override-keep")).to_be_disabled()  # nothing selected yet
