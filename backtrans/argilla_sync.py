@@ -490,11 +490,12 @@ def summary(decisions: dict[str, Decision]) -> dict:
 
 def format_summary(info: dict) -> str:
     who = ", ".join(info["reviewers"]) or "no reviewers yet"
-    return (f"Pulled {info['records']} records: {info['decisions']} with a decision, {_count(info['votes'], 'vote')} "
-            f"from {_count(len(info['reviewers']), 'reviewer')} ({who}), {_count(info['drafts'], 'draft')}")
+    return (f"Pulled {info['records']} records: {info['decisions']} with a decision, {counted(info['votes'], 'vote')} "
+            f"from {counted(len(info['reviewers']), 'reviewer')} ({who}), {counted(info['drafts'], 'draft')}")
 
 
-def _count(number: int, noun: str) -> str:
+def counted(number: int, noun: str) -> str:
+    """"1 vote", "2 votes": what every pull message says."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 

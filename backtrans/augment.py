@@ -170,6 +170,11 @@ class FilterReport:
     def kept(self) -> int:
         return self.segments - sum(self.removed.values())
 
+    def reset(self) -> None:
+        """Count afresh: a file job reads its input twice (validate, then run), and says what the last pass did."""
+        self.segments = 0
+        self.removed = dict.fromkeys(self.removed, 0)
+
     def describe(self) -> str:
         parts = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in self.removed.items())
         return f"{self.segments} segments, {self.kept} kept; removed: {parts}"

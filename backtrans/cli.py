@@ -198,7 +198,7 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bar(total: int, unit: str, desc: str | None = None):
+def _bar(total: int | None, unit: str, desc: str | None = None):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
@@ -308,11 +308,16 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_argilla(args: argparse.Namespace) -> int:
     session = _session(args)
     if args.argilla_command == "push":
-        with _bar(session.count_rows(args.input), "record", "push") as bar:
+        with _bar(None, "record", "push") as bar:
+
+            def on_progress(sent: int, total: int) -> None:
+                bar.total = total  # known once the file is read
+                bar.update(sent - bar.n)
+
             reports = session.argilla_push(args.input, args.dataset, workspace=args.workspace, template=args.template,
                                            threshold=args.min_score, by=args.by, batch_size=args.batch_size,
                                            overlap=args.overlap, design=args.design, resume=not args.no_resume,
-                                           on_progress=lambda n: bar.update(n - bar.n))
+                                           on_progress=on_progress)
         for report in reports:
             already = f" ({report.skipped} already there)" if report.skipped else ""
             print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",

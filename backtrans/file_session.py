@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backtrans.decisions import check_measure, final_keep
 from backtrans.export import RowWriter, curated, push_to_hub, score_histogram
@@ -22,6 +23,9 @@ from backtrans.run_config import RunConfig
 from backtrans.runner import FileJob, Progress
 from backtrans.store import RunInfo, RunStore
 from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, load_template
+
+if TYPE_CHECKING:  # augment is imported only by the command that uses it
+    from backtrans.augment import FilterReport
 
 DEFAULT_TEMPLATES = {"judge": DEFAULT_JUDGE_TEMPLATE, "generate": "generate-response",
                      "augment": "backward-instruction"}
@@ -75,7 +79,10 @@ class PreparedJob:
     config: RunConfig
     total: int
     resume: str | None = None
-    _filters: Callable[[], str | None] = lambda: None
+    filters: FilterReport | None = None  # augment: what the segment filters dropped on the last pass
+
+    def _filter_line(self) -> str | None:
+        return self.filters.describe() if self.filters is not None else None
 
     def run(self, engine: Engine | None = None,
             on_progress: Callable[[Progress], None] | None = None) -> JobOutcome:
@@ -86,11 +93,11 @@ class PreparedJob:
             from backtrans.engines.ray_engine import run_job
 
             run_id, progress = run_job(job, engine.ray_address, on_progress=on_progress, total=total, run_id=run_id)
-            return JobOutcome(run_id, progress, "engine ray", self._filters())
+            return JobOutcome(run_id, progress, "engine ray", self._filter_line())
         if engine.batch_file:
             from backtrans.engines.batch import write_file
 
-            return JobOutcome(None, None, "", self._filters(), requests_written=write_file(job, engine.batch_file))
+            return JobOutcome(None, None, "", self._filter_line(), requests_written=write_file(job, engine.batch_file))
         if engine.batch_results:
             from backtrans.engines.batch import ingest_file
 
@@ -105,7 +112,7 @@ class PreparedJob:
             client = LLMClient(job.task.settings)
             run_id, progress = job.run(client, run_id=run_id, on_progress=on_progress, total=total)
             counts = client.describe()
-        return JobOutcome(run_id, progress, counts, self._filters())
+        return JobOutcome(run_id, progress, counts, self._filter_line())
 
 
 @dataclass
@@ -141,8 +148,7 @@ class FileSession:
         settings = LLMSettings.from_env(model=config.model or None, base_url=config.base_url or None, **(llm or {}))
         template = load_template(config.template)
         source = config.source if not Path(config.source).exists() else str(Path(config.source).resolve())
-        filters_line: list[str | None] = [None]
-        row_source = None
+        report, row_source = None, None
         if kind == "judge":
             from backtrans.judge import JudgeTask
 
@@ -164,20 +170,19 @@ class FileSession:
             except ValueError as exc:
                 raise FileSessionError(str(exc)) from None
 
+            report = FilterReport()
+
             def row_source() -> Iterator[dict]:
-                report = FilterReport()
-                filters_line[0] = None
-                rows = candidate_rows(source, filters, report, config=config.hf_config, split=config.split,
+                report.reset()
+                return candidate_rows(source, filters, report, config=config.hf_config, split=config.split,
                                       mapping=config.mapping)
-                yield from rows
-                filters_line[0] = report.describe()
 
         job = FileJob(source=source, output=str(Path(str(config.output)).resolve()), task=task,
                       store_path=self.store_path, mapping=config.mapping, required=required, optional=optional,
                       config=config.hf_config, split=config.split, drop_duplicates=drop_duplicates,
                       row_source=row_source, parent_run_id=config.parent_run_id)
         total = job.validate()  # the whole input is checked before the first call
-        return PreparedJob(job, job.run_config(), total, resume, lambda: filters_line[0])
+        return PreparedJob(job, job.run_config(), total, resume, report)
 
     def _settings(self, kind: str, resume: str | None, given: dict) -> RunConfig:
         if resume:
@@ -188,9 +193,7 @@ class FileSession:
                 raise FileSessionError(f"run {resume} is a {info.settings.kind} run, not a {kind} run")
             config = info.settings.updated(**given)
         else:
-            config = RunConfig(kind=kind, source=str(given.pop("source", "") or ""),
-                               template=str(given.pop("template", "") or ""), model=str(given.pop("model", "") or ""),
-                               base_url=str(given.pop("base_url", "") or "")).updated(**given)
+            config = RunConfig(kind=kind, source="", template="", model="", base_url="").updated(**given)
         if not config.source or not config.output:
             raise FileSessionError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
         if not config.template:
@@ -305,9 +308,9 @@ class FileSession:
     def argilla_push(self, source: str, dataset: str, *, workspace: str | None = None,
                      template: str | None = None, threshold: float = 4, by: str = "score", batch_size: int = 200,
                      overlap: int | None = None, design: str | None = None, resume: bool = True,
-                     on_progress: Callable[[int], None] | None = None):
+                     on_progress: Callable[[int, int], None] | None = None):
         """Every row of a scored file, or of a review plan (its design into the guidelines, its overlap share
-        to a dataset that asks two reviewers). Returns the push reports."""
+        to a dataset that asks two reviewers). `on_progress(sent, total)`. Returns the push reports."""
         from backtrans import argilla_sync
 
         config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
@@ -315,10 +318,7 @@ class FileSession:
         return argilla_sync.push_rows(rows, dataset, config, design=design, overlap=overlap,
                                       template=template or os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
                                       threshold=threshold, by=by, batch_size=batch_size, resume=resume,
-                                      on_progress=on_progress)
-
-    def count_rows(self, source: str) -> int:
-        return sum(1 for _ in iter_rows(source))
+                                      on_progress=(lambda n: on_progress(n, len(rows))) if on_progress else None)
 
     def argilla_pull(self, dataset: str, output: str, *, workspace: str | None = None, scored: str | None = None,
                      policy: str = "majority", threshold: float = 4, by: str = "score",

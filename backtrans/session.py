@@ -645,11 +645,11 @@ class Session:
         disagree = pd.DataFrame([{k: row.get(k) for k in columns}
                                  for row in merged if argilla_sync.record_id(row) in disagreements],
                                 columns=list(columns)).rename(columns=HEADERS)
-        decided = [d for d in decisions.values() if d.human_keep is not None]
-        reviewers = sorted({name for d in decisions.values() for name in d.votes})
-        who = (f", from {len(reviewers)} reviewer{'s' if len(reviewers) != 1 else ''} ({', '.join(reviewers)})"
+        pulled = argilla_sync.summary(decisions)
+        reviewers = pulled["reviewers"]
+        who = (f", from {argilla_sync.counted(len(reviewers), 'reviewer')} ({', '.join(reviewers)})"
                if reviewers else ", no reviewer has answered yet")
-        message = f"Pulled **{len(decisions)}** records: **{len(decided)}** with a reviewer's decision{who}."
+        message = f"Pulled **{pulled['records']}** records: **{pulled['decisions']}** with a reviewer's decision{who}."
         return message, "```\n" + argilla_sync.format_report(report) + "\n```", confusion, disagree
 
     def review_estimates(self, target_precision: float = 0.9):
