@@ -1,40 +1,50 @@
-"""backtrans: the Gradio face. Layout and wiring only; the work is done by `backtrans.session.Session`.
+"""backtrans: the Gradio face. Layout, wiring and rendering only; the work is done by `backtrans.session.Session`.
 
-Steps, top to bottom: Data -> Generate -> Judge -> Review -> Argilla -> Export. Each visitor gets a
-session of their own, owned by their Hugging Face account when signed in, else by a random id kept in
-their browser. Handlers map components to session methods and render what those return.
+Steps, top to bottom: Data -> Generate -> Judge -> Review -> Argilla -> Export, each built by one function.
+Each visitor gets a session of their own, owned by their Hugging Face account when signed in, else by a random
+id kept in their browser. Handlers map components to session methods; the session returns rows, counts and
+curves, and the `render_*` functions here turn them into Markdown, tables, HTML and plots.
 """
 
 from __future__ import annotations
 
+import datetime
+import html
 import os
-import secrets
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 
 from backtrans import backends
 from backtrans.augment import FilterSettings
-from backtrans.curate import SORTS, STATUSES, Filters
+from backtrans.decisions import default_measure, default_threshold
 from backtrans.export import FORMATS as EXPORT_FORMATS
 from backtrans.limits import LimitError
 from backtrans.owners import BROWSER_ID, new_browser_id, owner_for
-from backtrans.session import (
-    CUSTOM_TEMPLATE,
-    DEFAULT_TEMPLATE,
-    UPLOAD_SUFFIXES,
-    NoSuchRun,
-    Session,
-    SessionError,
-    Workspace,
-)
-from backtrans.templates import TemplateError, list_templates, load_template
+from backtrans.records import SUFFIXES, missing
+from backtrans.review_table import SORTS, STATUSES, Filters
+from backtrans.session import CUSTOM_TEMPLATE, NoSuchRun, Session, SessionError
+from backtrans.templates import TemplateError, default_template, list_templates, load_template
+from backtrans.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent
 STREAM_EVERY_S = 0.25
 NO_MAPPING = "(none)"
 WORKSPACE: Workspace | None = None  # set by create_app(); one per server process
+
+# The review table: short columns first, so the verdict stays in view beside the pair however long the texts.
+REVIEW_COLUMNS = ["row", "verdict", "judge", "score", "expected_score", "reason", "instruction", "generation", "status"]
+# Words a table header can wrap between; the data keeps its column names.
+HEADERS = {"expected_score": "expected score", "human_keep": "human keep", "human_score": "human score",
+           "human_note": "note"}
+PREVIEW_CHARS = 200
+EMPTY_CURVE = pd.DataFrame(columns=["x", "value", "series"])
+CONFUSION_COLUMNS = ["LLM", "human", "pairs"]
+# Table headers wrap between words, never inside one ("expected score", not "e x p e c t e d").
+TABLE_CSS = "table th, table th * { word-break: normal !important; overflow-wrap: normal !important; }"
 
 
 def _workspace() -> Workspace:
@@ -72,6 +82,221 @@ def oauth_available() -> bool:
     return get_token() is not None
 
 
+# --- rendering: what the session returns, as the page shows it ----------------------------------------------
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def render_progress(progress, final: bool = False) -> str:
+    """Rows done, by status, tokens, rate and ETA; at the end, how long the whole run took."""
+    elapsed = time.monotonic() - progress.started
+    rate = progress.done / elapsed if elapsed > 0 else 0.0
+    counts = (f"{progress.ok} ok · {progress.parse_error} parse errors · {progress.llm_error} LLM errors · "
+              f"{progress.cached} from the store · {progress.tokens:,} tokens")
+    if final:
+        return f"**Done:** {progress.done} rows in {duration(elapsed)} · {counts}"
+    left = (progress.total or 0) - progress.done
+    eta = f" · about {duration(left / rate)} left" if rate > 0 and left > 0 else ""
+    return f"{progress.done}/{progress.total} rows · {counts} · {rate:.2f} rows/s{eta}"
+
+
+def render_update(update) -> str:
+    if update.error:
+        return f"**Stopped by an error.** {update.error}"
+    text = render_progress(update.progress, final=update.done) if update.progress is not None else "Starting…"
+    if update.filters is not None:
+        text = f"Filters: {update.filters.describe()}. Instructions: {text}"
+    return text
+
+
+def render_loaded(loaded) -> str:
+    note = f" {loaded.without_response} have no response yet: use **Generate**." if loaded.without_response else ""
+    return f"Loaded **{loaded.rows}** pairs from `{loaded.label}`.{note}"
+
+
+def render_run(run) -> str:
+    when = datetime.datetime.fromtimestamp(run.created).strftime("%Y-%m-%d %H:%M")
+    return f"{when} · {run.kind} · {run.label} · {'finished' if run.finished else 'unfinished'}"
+
+
+def _verdict(keep: object, decided_by: str) -> str:
+    if missing(keep):
+        return ""
+    word = "keep" if bool(keep) else "discard"
+    return word if decided_by == "judge" else f"{word} ({decided_by})"
+
+
+def _shorten(value: object) -> str:
+    text = "" if missing(value) else str(value)
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+
+
+def render_review_table(view) -> pd.DataFrame:
+    """One page of the review: the verdict first, long texts shortened, earlier rounds' scores beside this one's."""
+    rows = view.rows
+    earlier = sorted(c for c in rows.columns if c.startswith("score_r") and c[7:].isdigit())
+    columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
+    if not view.has_expected:
+        columns.remove("expected_score")  # a judge without digit probabilities: no empty column
+    shown = rows.reindex(columns=columns).copy()
+    if len(rows) and "final_keep" in rows:
+        shown["verdict"] = [_verdict(keep, by) for keep, by in zip(rows["final_keep"], rows["decided_by"],
+                                                                   strict=True)]
+        shown["judge"] = [_verdict(keep, "judge") for keep in rows["judge_keep"]]
+    for column in ("instruction", "generation", "reason"):
+        shown[column] = shown[column].map(_shorten)
+    return shown.rename(columns=HEADERS)
+
+
+def render_histogram(view) -> pd.DataFrame:
+    """The bars of the measure: each bin's kept pairs green and its discarded grey, so green adds up to the
+    kept count."""
+    out = []
+    for item in view.bins:
+        label = f"{item.low:g}"
+        out += [{"bin": label, "pairs": item.kept, "side": "kept"},
+                {"bin": label, "pairs": item.discarded, "side": "discarded"}]
+    return pd.DataFrame(out, columns=["bin", "pairs", "side"])
+
+
+def render_summary(view) -> str:
+    if not view.total:
+        return ""
+    overrides = f" · {view.overrides} overrides" if view.overrides else ""
+    kept = f"kept at ≥{view.threshold:g}: **{view.kept}** of {view.total}"
+    if view.measure == "expected_score":
+        return (f"Measure: **expected score** (from the judge's digit probabilities) · {kept} · scored {view.scored}"
+                f"{overrides}")
+    paper = f" (the paper's A4: {view.levels['A4']}, A5: {view.levels['A5']})" if view.levels else ""
+    return f"Measure: **score** · {kept}{paper} · scored {view.scored}{overrides}"
+
+
+def render_review(view):
+    info = f"Page {view.page} of {view.pages} · {view.matching} rows match"
+    return render_review_table(view), info, render_histogram(view), render_summary(view)
+
+
+def render_record(row: dict | None) -> str:
+    """One record in full. Every piece of dataset or model text is escaped: it renders as text only."""
+    if row is None:
+        return ""
+
+    def block(title: str, value: object) -> str:
+        text = "" if missing(value) else str(value)
+        return (f'<div class="bt-block"><div class="bt-title">{html.escape(title)}</div>'
+                f'<pre class="bt-text" style="white-space:pre-wrap">{html.escape(text)}</pre></div>')
+
+    score = row.get("score")
+    score_text = "none" if missing(score) else str(int(score))
+    header = (f"<p><b>Row {html.escape(str(row.get('row', '')))}</b> · score {html.escape(score_text)} · "
+              f"status {html.escape(str(row.get('status') or 'pending'))}"
+              + (f" · expected {float(row['expected_score']):.2f}" if not missing(row.get("expected_score")) else "")
+              + "</p>")
+    if "final_keep" in row:
+        by = {"you": "you (override)", "reviewer": "a reviewer in Argilla"}.get(str(row.get("decided_by")), "the judge")
+        header += (f"<p><b>Verdict: {'keep' if row['final_keep'] else 'discard'}</b>, decided by {html.escape(by)}"
+                   + (f" · the judge says {_verdict(row.get('judge_keep'), 'judge') or 'nothing yet'}"
+                      if row.get("decided_by") != "judge" else "") + "</p>")
+    parts = [header, block("Instruction", row.get("instruction")), block("Response", row.get("generation")),
+             block("Judge's reason", row.get("reason")), block("Raw judge output", row.get("raw_output"))]
+    if row.get("error"):
+        parts.append(block("Error", row.get("error")))
+    return '<div class="bt-record">' + "".join(parts) + "</div>"
+
+
+def render_plan(summary) -> tuple[str, pd.DataFrame]:
+    makeup = pd.DataFrame([{"band": band, "pairs": int(info["rows"]), "to review": int(info["planned"]),
+                            "inclusion probability": round(info["inclusion_prob"], 4)}
+                           for band, info in summary.bands.items()])
+    return summary.describe(), makeup
+
+
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def render_pushed(reports, planned: bool) -> str:
+    what = "records of the review plan" if planned else "records"
+    places = " and ".join(f"[{r.workspace}/{r.dataset}]({r.url})" for r in reports)
+    return f"Pushed **{sum(r.pushed for r in reports)}** {what} to {places}."
+
+
+def render_pulled(summary: dict) -> str:
+    reviewers = summary["reviewers"]
+    who = (f", from {counted(len(reviewers), 'reviewer')} ({', '.join(reviewers)})"
+           if reviewers else ", no reviewer has answered yet")
+    return f"Pulled **{summary['records']}** records: **{summary['decisions']}** with a reviewer's decision{who}."
+
+
+def _figure(value: object, percent: bool = True) -> str:
+    if value is None or missing(value):
+        return "not enough decisions yet"
+    return f"{float(value):.0%}" if percent else f"{float(value):.2f}"
+
+
+def render_agreement(report: dict) -> str:
+    """The agreement report for people: each number with its meaning, and the reviewers in a small table."""
+    lines = [f"Over **{report['reviewed']}** reviewed pairs, the judge keeps at {report['by'].replace('_', ' ')} "
+             f"≥ {report['threshold']:g}:",
+             f"- **precision** {_figure(report['precision'])}: of the pairs the judge kept, the share reviewers kept",
+             f"- **recall** {_figure(report['recall'])}: of the pairs reviewers kept, the share the judge kept",
+             f"- **F1** {_figure(report['f1'], percent=False)}: precision and recall in one number",
+             f"- **accuracy** {_figure(report['accuracy'])}: the share of pairs where judge and reviewers agree",
+             f"- **Cohen's kappa** {_figure(report['cohen_kappa'], percent=False)}: agreement beyond chance "
+             "(0 is chance, 1 is full agreement)"]
+    if report.get("scored_by_both"):
+        lines.append(f"- **Spearman** {_figure(report['spearman'], percent=False)}: how the judge's and the "
+                     f"reviewers' scores rank the {report['scored_by_both']} pairs both scored")
+    annotators = report.get("annotators") or {}
+    if annotators:
+        lines += ["", "| reviewer | keep | discard |", "|---|---|---|"]
+        lines += [f"| {html.escape(str(name))} | {counts.get('keep', 0)} | {counts.get('discard', 0)} |"
+                  for name, counts in annotators.items()]
+    return "\n".join(lines)
+
+
+def render_confusion(report: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
+                         for llm in ("keep", "discard") for human in ("keep", "discard")], columns=CONFUSION_COLUMNS)
+
+
+def render_estimates(estimates) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    lines = [f"Reviewed **{estimates.reviewed}** pairs; estimates by {estimates.by.replace('_', ' ')} band with "
+             "95% intervals ([how](docs/review.md))."]
+    target = f"{estimates.target_precision:.0%}"
+    suggested = estimates.suggested
+    if suggested is None:
+        lines.append(f"No threshold reaches {target} precision with 95% confidence yet: review more pairs or lower "
+                     "the target.")
+    else:
+        p, r = suggested.precision, suggested.recall
+        lines.append(f"**Suggested threshold {suggested.threshold:g}** for {target} precision: "
+                     f"keeps {suggested.kept:,} of {suggested.population:,} · precision {p.estimate:.1%} "
+                     f"({p.low:.1%}–{p.high:.1%}) · recall {r.estimate:.1%} ({r.low:.1%}–{r.high:.1%}) · "
+                     f"P(precision ≥ {target}) ≈ {suggested.confidence:.0%}")
+    agreement = estimates.agreement
+    if agreement.items:
+        lines.append(f"Reviewers agree on {agreement.agreement:.0%} of the {agreement.items} pairs both reviewed "
+                     f"(Cohen's kappa {agreement.kappa.estimate:.2f}, 95% interval {agreement.kappa.low:.2f}–"
+                     f"{agreement.kappa.high:.2f}); decisions per reviewer: "
+                     + ", ".join(f"{name} {count}" for name, count in agreement.per_reviewer.items()))
+    calibration = estimates.calibration
+    calibration_long = pd.concat([
+        pd.DataFrame({"x": calibration["low_edge"], "value": calibration[column], "series": label})
+        for column, label in (("keep_rate", "human keep rate"), ("low", "95% low"), ("high", "95% high"))
+    ], ignore_index=True)
+    curve = estimates.curve
+    curves_long = pd.concat([
+        pd.DataFrame({"x": part["threshold"], "value": part[column], "series": f"{metric}{suffix}"})
+        for metric, part in curve.groupby("metric")
+        for column, suffix in (("estimate", ""), ("low", " 95% low"), ("high", " 95% high"))
+    ], ignore_index=True) if len(curve) else EMPTY_CURVE
+    return "\n\n".join(lines), calibration_long, curves_long
+
+
 # --- Data --------------------------------------------------------------------------------------------------
 
 
@@ -97,33 +322,37 @@ def inspect_upload(session: Session | None, file: str | None, profile: gr.OAuthP
                 f"**Cannot load this data.** {exc}")
     return (session, gr.update(choices=found.columns, value=found.instruction_column),
             gr.update(choices=[NO_MAPPING, *found.columns], value=found.generation_column or NO_MAPPING),
-            found.head, found.message)
+            found.head, f"`{found.label}`: {len(found.columns)} columns. Check the mapping, then load.")
 
 
-def _loaded(session: Session, loaded):
+def _loaded(session: Session, load, *args):
     """Every load starts a clean slate: no stale status, selection or detail from the data before."""
-    return session, loaded.preview, loaded.message, "", "", gr.update(value=None, choices=_run_choices(session))
+    try:
+        loaded = load(*args)
+    except SessionError as exc:
+        return session, pd.DataFrame(), f"**Cannot load this data.** {exc}", "", "", gr.update()
+    return session, loaded.preview, render_loaded(loaded), "", "", gr.update(value=None, choices=_run_choices(session))
 
 
 def load_upload(session: Session | None, instruction_column: str | None, generation_column: str | None,
                 profile: gr.OAuthProfile | None):
     session = _session(session, profile)
-    return _loaded(session, session.load_upload(instruction_column, generation_column))
+    return _loaded(session, session.load_upload, instruction_column, generation_column)
 
 
 def load_sample(session: Session | None, profile: gr.OAuthProfile | None):
     session = _session(session, profile)
-    return _loaded(session, session.load_sample())
+    return _loaded(session, session.load_sample)
 
 
 def load_hub(session: Session | None, dataset_id: str, config: str, split: str, profile: gr.OAuthProfile | None):
     session = _session(session, profile)
-    return _loaded(session, session.load_hub(dataset_id, config, split))
+    return _loaded(session, session.load_hub, dataset_id, config, split)
 
 
 def load_local(session: Session | None, name: str, profile: gr.OAuthProfile | None):
     session = _session(session, profile)
-    return _loaded(session, session.load_local(name))
+    return _loaded(session, session.load_local, name)
 
 
 # --- Judge and Generate --------------------------------------------------------------------------------------
@@ -134,6 +363,9 @@ def _backend(session: Session, backend: str, model: str, base_url: str, api_key:
     return session.choose_backend(backend, model, base_url, api_key, _hf_token(token), concurrency)
 
 
+CANNOT_START = (TemplateError, backends.BackendError, LimitError, SessionError)
+
+
 async def judge(session: Session | None, template_name: str, custom_text: str, backend: str, model: str,
                 base_url: str, api_key: str, concurrency: float, threshold: float, min_score: float,
                 max_score: float, statuses: list[str], text: str, sort: str, profile: gr.OAuthProfile | None,
@@ -142,15 +374,14 @@ async def judge(session: Session | None, template_name: str, custom_text: str, b
     filters = Filters(min_score, max_score, tuple(statuses or ()), text, sort)
 
     def view(message: str):
-        shown = session.review(filters, threshold, 1)
-        return shown.table, shown.page_info, shown.histogram, shown.summary, message
+        return *render_review(session.review(filters, threshold, 1)), message
 
     try:
         template = session.resolve_template(template_name, custom_text)
         choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
         async for update in session.judge(template, choice, every_s=STREAM_EVERY_S):
-            yield view(update.message)
-    except (TemplateError, backends.BackendError, LimitError) as exc:
+            yield view(render_update(update))
+    except CANNOT_START as exc:
         yield view(f"**Cannot start.** {exc}")
 
 
@@ -160,27 +391,27 @@ async def generate(session: Session | None, backend: str, model: str, base_url: 
     try:
         choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
         async for update in session.generate(choice, every_s=STREAM_EVERY_S):
-            yield session.generate_preview(), update.message
-    except (backends.BackendError, LimitError) as exc:
-        yield pd.DataFrame(), f"**Cannot start.** {exc}"
+            yield session.generate_preview(), render_update(update)
+    except CANNOT_START as exc:
+        yield session.generate_preview(), f"**Cannot start.** {exc}"
 
 
 async def augment(session: Session | None, files: list[str] | None, seeds: str | None, min_chars: float,
                   max_chars: float, near_duplicate: float, backend: str, model: str, base_url: str, api_key: str,
                   concurrency: float, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None):
     session = _session(session, profile)
-    filters = FilterSettings(int(min_chars), int(max_chars), near_duplicate_threshold=float(near_duplicate))
     try:
+        filters = FilterSettings(int(min_chars), int(max_chars), near_duplicate_threshold=float(near_duplicate))
         choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
         uploads = [(path, Path(path).name) for path in files or []]
         async for update in session.augment(uploads, seeds, filters, choice, every_s=STREAM_EVERY_S):
-            yield session, session.generate_preview(), update.message
-    except (backends.BackendError, LimitError) as exc:
+            yield session, session.generate_preview(), render_update(update)
+    except (*CANNOT_START, ValueError) as exc:
         yield session, pd.DataFrame(), f"**Cannot start.** {exc}"
 
 
 def _run_choices(session: Session) -> list[tuple[str, str]]:
-    return [(run.describe(), run.run_id) for run in session.runs()]
+    return [(render_run(run), run.run_id) for run in session.runs()]
 
 
 def list_runs(session: Session | None, profile: gr.OAuthProfile | None):
@@ -189,24 +420,31 @@ def list_runs(session: Session | None, profile: gr.OAuthProfile | None):
 
 def resume_run(session: Session | None, run_id: str | None, profile: gr.OAuthProfile | None):
     session = _session(session, profile)
+    unchanged = (gr.update(),) * 4
     try:
         resumed = session.resume(run_id)
     except NoSuchRun as exc:
-        return session, pd.DataFrame(), str(exc), gr.update(), gr.update(), gr.update(), gr.update()
-    preview = session.bench.frame.head(5) if session.bench is not None else pd.DataFrame()
-    return (session, preview, resumed.message, gr.update(value=resumed.template), gr.update(value=resumed.backend),
-            gr.update(value=resumed.model), gr.update(value=resumed.base_url if resumed.backend == "custom" else ""))
+        return session, pd.DataFrame(), str(exc), *unchanged
+    except SessionError as exc:
+        return session, pd.DataFrame(), f"**Cannot load this data.** {exc}", *unchanged
+    return (session, resumed.loaded.preview,
+            render_loaded(resumed.loaded) + " Settings restored: press **Start** to resume.",
+            gr.update(value=resumed.template), gr.update(value=resumed.backend), gr.update(value=resumed.model),
+            gr.update(value=resumed.base_url if resumed.backend == backends.CUSTOM else ""))
 
 
 def delete_my_data(session: Session | None, profile: gr.OAuthProfile | None):
     session = _session(session, profile)
-    return session, session.delete_my_data(), gr.update(choices=[], value=None)
+    runs = session.delete_my_data()
+    return session, f"Deleted your data: {runs} runs, with your uploads and exports.", gr.update(choices=[], value=None)
 
 
 def preview_prompt(session: Session | None, name: str, custom_text: str) -> str:
-    if session is None:
-        return "Load data to see the prompt for its first row."
-    return session.preview_prompt(name, custom_text)
+    try:
+        prompt = session.preview_prompt(name, custom_text) if session is not None else None
+    except TemplateError as exc:
+        return f"Template problem: {exc}"
+    return "Load data to see the prompt for its first row." if prompt is None else prompt
 
 
 def template_defaults(name: str):
@@ -214,16 +452,13 @@ def template_defaults(name: str):
     if name == CUSTOM_TEMPLATE:
         return gr.update(), gr.update(), gr.update(), gr.update()
     template = load_template(name)
-    by = "expected_score" if template.logprobs else "score"
-    # 3.8 on a 1-5 scale where expected scores rank (docs/judge-models.md); else the paper's A4 (one below the top)
-    span = template.score_max - template.score_min
-    threshold = template.score_min + 0.7 * span if template.logprobs else template.score_max - 1
-    return (gr.update(value=template.score_min), gr.update(value=template.score_max), gr.update(value=by),
-            gr.update(value=round(threshold, 1), minimum=template.score_min, maximum=template.score_max))
+    return (gr.update(value=template.score_min), gr.update(value=template.score_max),
+            gr.update(value=default_measure(template)),
+            gr.update(value=default_threshold(template), minimum=template.score_min, maximum=template.score_max))
 
 
 def template_source(name: str) -> str:
-    return load_template(name).source if name != CUSTOM_TEMPLATE else load_template(DEFAULT_TEMPLATE).source
+    return load_template(name if name != CUSTOM_TEMPLATE else default_template()).source
 
 
 # --- Review ------------------------------------------------------------------------------------------------
@@ -232,7 +467,7 @@ def template_source(name: str) -> str:
 def refresh_review(session: Session | None, threshold, min_score, max_score, statuses, text, sort, page_number):
     view = (session or _workspace().session(owner_for(None, None))).review(
         Filters(min_score, max_score, tuple(statuses or ()), text, sort), threshold, page_number)
-    return view.table, view.page_info, view.histogram, view.summary
+    return render_review(view)
 
 
 def set_keep_by(session: Session | None, keep_by: str, *filters):
@@ -244,7 +479,7 @@ def set_keep_by(session: Session | None, keep_by: str, *filters):
 def select_row(session: Session | None, table: pd.DataFrame, event: gr.SelectData):
     if session is None or table is None or table.empty:
         return "", *_override_buttons(False)
-    detail = session.select(int(table.iloc[event.index[0]]["row"]))
+    detail = render_record(session.select(int(table.iloc[event.index[0]]["row"])))
     return detail, *_override_buttons(session.selected_row is not None)
 
 
@@ -265,7 +500,7 @@ def overrider(keep: bool | None):
         if session is not None:
             session.override(keep)
         view = refresh_review(session, *filters)
-        return *view, session.select(session.selected_row) if session is not None else ""
+        return *view, render_record(session.select(session.selected_row)) if session is not None else ""
 
     return handle
 
@@ -277,28 +512,44 @@ def push_to_argilla(session: Session | None, dataset: str, workspace: str, thres
                     progress=gr.Progress()):
     if session is None:
         return "Judge some data first."
-    total = len(session.bench) if session.bench is not None else 0
-    return session.argilla_push(dataset, workspace, threshold,
-                                on_progress=lambda n: progress(n / max(total, 1), desc=f"{n}/{total} records"))
+    try:
+        reports = session.argilla_push(dataset, workspace, threshold, on_progress=lambda n, total: progress(
+            n / max(total, 1), desc=f"{n}/{total} records"))
+    except SessionError as exc:
+        return f"**Push failed.** {exc}"
+    return render_pushed(reports, planned=session.planned_review is not None)
 
 
 def pull_from_argilla(session: Session | None, dataset: str, workspace: str, policy: str, threshold: float):
+    nothing = pd.DataFrame(columns=CONFUSION_COLUMNS), pd.DataFrame()
     if session is None:
-        return "Judge some data first.", "", pd.DataFrame(columns=["LLM", "human", "pairs"]), pd.DataFrame()
-    return session.argilla_pull(dataset, workspace, policy, threshold)
+        return "Judge some data first.", "", *nothing
+    try:
+        pulled = session.argilla_pull(dataset, workspace, policy, threshold)
+    except SessionError as exc:
+        return f"**Pull failed.** {exc}", "", *nothing
+    return (render_pulled(pulled.summary), render_agreement(pulled.report), render_confusion(pulled.report),
+            pulled.disagreements.rename(columns=HEADERS))
 
 
 def plan_review(session: Session | None, budget: float, seed: float, overlap_share: float, threshold: float):
-    if session is None:
-        return "Judge some data first: the plan is stratified by the judge's scores.", pd.DataFrame()
-    return session.plan_review(budget, threshold, seed, overlap_share)
+    try:
+        if session is None:
+            raise SessionError("Judge some data first: the plan is stratified by the judge's scores.")
+        return render_plan(session.review_plan(budget, threshold, seed, overlap_share))
+    except SessionError as exc:
+        return str(exc), pd.DataFrame()
 
 
 def review_estimates(session: Session | None, target_precision: float):
-    if session is None:
-        empty = pd.DataFrame(columns=["x", "value", "series"])
-        return "Pull reviewers' decisions first.", empty, empty, None, gr.update(interactive=False)
-    text, calibration, curves, suggested = session.review_estimates(target_precision)
+    try:
+        if session is None:
+            raise SessionError("Pull reviewers' decisions first.")
+        estimates = session.review_estimate(target_precision)
+    except SessionError as exc:
+        return str(exc), EMPTY_CURVE, EMPTY_CURVE, None, gr.update(interactive=False)
+    text, calibration, curves = render_estimates(estimates)
+    suggested = estimates.suggested.threshold if estimates.suggested is not None else None
     return text, calibration, curves, suggested, gr.update(interactive=suggested is not None)
 
 
@@ -310,328 +561,340 @@ def adopt_threshold(session: Session | None, suggested: float | None):
 
 
 def export_file(session: Session | None, fmt: str, threshold: float):
-    if session is None:
-        return None, "Nothing to export yet."
-    exported = session.export(fmt, threshold)
-    return exported.path, exported.message
+    try:
+        if session is None:
+            raise SessionError("Nothing to export yet.")
+        exported = session.export(fmt, threshold)
+    except SessionError as exc:
+        return None, str(exc)
+    return exported.path, f"**{exported.rows}** of {exported.total} pairs in `{Path(exported.path).name}`."
 
 
 def export_to_hub(session: Session | None, repo: str, threshold: float, token: gr.OAuthToken | None) -> str:
-    if session is None:
-        return "Judge some data first."
-    return session.export_to_hub(repo, threshold, _hf_token(token))
+    try:
+        if session is None:
+            raise SessionError("Judge some data first.")
+        rows, url = session.export_to_hub(repo, threshold, _hf_token(token))
+    except SessionError as exc:
+        return str(exc)
+    return f"Pushed {rows} pairs to {url}"
 
 
-# --- Layout ------------------------------------------------------------------------------------------------
+# --- Layout: one builder per step ----------------------------------------------------------------------------
 
 
-def _browser_secret(workspace: Workspace) -> str:
-    """BrowserState encrypts what it keeps with this; it must outlive restarts or every visitor loses their runs."""
-    secret = os.environ.get("BACKTRANS_BROWSER_SECRET")
-    if secret:
-        return secret
-    path = workspace.data_dir / ".browser-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+def _header(page: SimpleNamespace) -> None:
+    with gr.Row():
+        gr.Markdown("# backtrans\nCurate instruction-tuning data with **instruction backtranslation** "
+                    "(Humpback): an LLM judge scores each (instruction, response) pair with the paper's 5-point "
+                    "prompt, you review its verdicts, and export the pairs worth training on.")
+        with gr.Column(scale=0, min_width=220):
+            if oauth_available():
+                gr.LoginButton(elem_id="login")
+            page.who = gr.Markdown(elem_id="who")
+            page.delete_data = gr.Button("Delete my data", size="sm", variant="stop", elem_id="delete-my-data")
+    page.session = gr.State(None)
+    page.browser_id = gr.BrowserState(None, storage_key="backtrans-owner", secret=WORKSPACE.browser_secret())
 
 
-# Table headers wrap between words, never inside one ("expected score", not "e x p e c t e d").
-TABLE_CSS = "table th, table th * { word-break: normal !important; overflow-wrap: normal !important; }"
+def _data_step(page: SimpleNamespace) -> None:
+    with gr.Row():
+        page.upload = gr.File(label="Upload JSONL, CSV or Parquet", elem_id="data-upload", file_types=list(SUFFIXES))
+        with gr.Column():
+            page.sample = gr.Button("Use the bundled sample (30 pairs)", elem_id="data-sample")
+            page.hub_id = gr.Textbox(label="…or a Hugging Face dataset", placeholder="OWNER/NAME",
+                                     elem_id="data-hub-id")
+            with gr.Row():
+                page.hub_config = gr.Textbox(label="Config", elem_id="data-hub-config")
+                page.hub_split = gr.Textbox(label="Split", value="train", elem_id="data-hub-split")
+            page.hub_load = gr.Button("Load from the Hub", elem_id="data-hub-load")
+            with gr.Row(visible=WORKSPACE.local_files_dir is not None):
+                page.local_name = gr.Textbox(label=f"…or a file in {WORKSPACE.local_files_dir}",
+                                             elem_id="data-local-name")
+                page.local_load = gr.Button("Load this file", elem_id="data-local-load")
+    with gr.Row():
+        page.instruction_column = gr.Dropdown(label="Instruction column", choices=[], elem_id="map-instruction")
+        page.generation_column = gr.Dropdown(label="Response column", choices=[], elem_id="map-generation")
+        page.apply_mapping = gr.Button("Load with this mapping", elem_id="data-apply-mapping")
+    page.data_status = gr.Markdown(elem_id="data-status")
+    page.data_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), label="First rows",
+                                     interactive=False, wrap=True, max_height=260, elem_id="data-preview")
+
+
+def _generate_step(page: SimpleNamespace) -> None:
+    gr.Markdown("**Self-augmentation:** turn unlabelled documents into (instruction, response) candidates. "
+                "Documents are cut at their headers, filtered, and the model writes the instruction each "
+                "segment answers, prompted with a few seed pairs. The model settings are those of step 3.")
+    with gr.Row():
+        page.documents = gr.File(label="Documents (.txt, .md, .html, or JSONL/Parquet with `text`)",
+                                 file_count="multiple", elem_id="augment-documents")
+        page.seeds = gr.File(label="Seed (instruction, output) pairs, JSONL (optional)", elem_id="augment-seeds")
+    defaults = FilterSettings()
+    with gr.Row():
+        page.min_chars = gr.Number(defaults.min_chars, label="Min segment characters", elem_id="augment-min-chars")
+        page.max_chars = gr.Number(defaults.max_chars, label="Max segment characters", elem_id="augment-max-chars")
+        page.near_duplicate = gr.Slider(0.5, 1.0, value=defaults.near_duplicate_threshold, step=0.05,
+                                        label="Near-duplicate similarity", elem_id="augment-near-duplicate")
+    page.augment_start = gr.Button("Write instructions for the documents", elem_id="augment-start")
+    gr.Markdown("**Instruction-only data:** write a response for every instruction that has none.")
+    page.generate_start = gr.Button("Generate missing responses", elem_id="generate-start")
+    page.generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
+    page.generate_status = gr.Markdown(elem_id="generate-status")
+    page.generate_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), interactive=False,
+                                         wrap=True, max_height=260, elem_id="generate-preview")
+
+
+def _judge_step(page: SimpleNamespace) -> None:
+    judge_templates = [t.name for t in list_templates("judge")]
+    chosen = default_template()
+    page.template_info = load_template(chosen if chosen in judge_templates else judge_templates[0])
+    default_backend = backends.SERVER if backends.server_key_shared() else backends.HUGGINGFACE
+    server_model = os.environ.get("BACKTRANS_MODEL", "")
+    with gr.Row():
+        page.template = gr.Dropdown([*judge_templates, CUSTOM_TEMPLATE], value=page.template_info.name,
+                                    label="Judge template", elem_id="judge-template")
+        page.backend = gr.Dropdown([(label, key) for key, label in backends.PRESETS.items()],
+                                   value=default_backend, label="Backend", elem_id="judge-backend")
+        page.model = gr.Dropdown([m for m in (server_model, *backends.HF_ROUTER_MODELS) if m],
+                                 value=server_model if default_backend == backends.SERVER else
+                                 backends.HF_ROUTER_MODELS[0], allow_custom_value=True, label="Model",
+                                 elem_id="judge-model")
+        page.concurrency = gr.Slider(1, WORKSPACE.limits.concurrency or 256, value=16, step=1,
+                                     label="Concurrency", elem_id="judge-concurrency")
+    with gr.Row():
+        page.base_url = gr.Textbox(label="Base URL (custom backend)", placeholder="https://…/v1",
+                                   elem_id="judge-base-url")
+        page.api_key = gr.Textbox(label="API key (custom backend; kept in this session only)", type="password",
+                                  elem_id="judge-api-key")
+    with gr.Accordion("Template and prompt preview", open=False):
+        page.custom_template = gr.Code(page.template_info.source, language="jinja2",
+                                       label="Custom template (choose 'custom' above)",
+                                       elem_id="judge-custom-template")
+        page.prompt_preview = gr.Textbox(label="The prompt for the first row", lines=8, interactive=False,
+                                         elem_id="judge-prompt-preview")
+    with gr.Row():
+        page.start = gr.Button("Start", variant="primary", elem_id="judge-start")
+        page.stop = gr.Button("Stop", variant="stop", elem_id="judge-stop")
+    page.judge_status = gr.Markdown(elem_id="judge-status")
+    with gr.Row():
+        page.runs = gr.Dropdown(label="Resume one of your earlier runs", choices=[], elem_id="judge-runs")
+        page.refresh_runs = gr.Button("Refresh runs", elem_id="judge-refresh-runs")
+        page.resume = gr.Button("Resume this run", elem_id="judge-resume")
+
+
+def _review_step(page: SimpleNamespace) -> None:
+    template = page.template_info
+    with gr.Row():
+        page.threshold = gr.Slider(template.score_min, template.score_max, value=default_threshold(template),
+                                   step=0.1, label="Keep pairs scored at least", elem_id="threshold")
+        page.keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score")],
+                                value=default_measure(template), label="Compare with", elem_id="keep-by")
+        page.curation = gr.Markdown(elem_id="threshold-counts")
+    with gr.Row():
+        page.min_score = gr.Number(template.score_min, label="Min score", elem_id="filter-min")
+        page.max_score = gr.Number(template.score_max, label="Max score", elem_id="filter-max")
+        page.statuses = gr.CheckboxGroup(list(STATUSES), value=list(STATUSES), label="Status",
+                                         elem_id="filter-status")
+        page.search = gr.Textbox(label="Search text", elem_id="filter-text")
+        page.sort = gr.Dropdown(list(SORTS), value="input order", label="Sort", elem_id="filter-sort")
+    with gr.Row():
+        page.page_number = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="page-number")
+        page.page_info = gr.Markdown(elem_id="page-info")
+    page.results = gr.Dataframe(pd.DataFrame(columns=[HEADERS.get(c, c) for c in REVIEW_COLUMNS]),
+                                label="Pairs with the judge's verdict, score and reason (click a row for details)",
+                                interactive=False, wrap=True, max_height=900, elem_id="results-table")
+    with gr.Row():
+        with gr.Column(scale=2):
+            page.detail = gr.HTML(elem_id="record-detail")
+            with gr.Row():
+                page.keep_button = gr.Button("Keep", elem_id="override-keep", interactive=False)
+                page.discard_button = gr.Button("Discard", elem_id="override-discard", interactive=False)
+                page.clear_button = gr.Button("Use the judge's verdict", elem_id="override-clear", interactive=False)
+        page.scores_plot = gr.BarPlot(x="bin", y="pairs", color="side", sort=None, elem_id="score-histogram",
+                                      title="Pairs by measure: green is kept",
+                                      color_map={"kept": "#2e7d32", "discarded": "#9e9e9e"})
+    with gr.Accordion("Calibrated threshold (after pulling reviewers' decisions)", open=False, elem_id="calibration"):
+        with gr.Row():
+            page.target_precision = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Target precision",
+                                              elem_id="target-precision")
+            page.adopt = gr.Button("Adopt the suggested threshold", interactive=False, elem_id="adopt-threshold")
+        page.suggested_threshold = gr.State(None)
+        page.estimates_text = gr.Markdown(elem_id="review-estimates")
+        with gr.Row():
+            page.calibration_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="calibration-curve",
+                                                title="Human keep rate by band of the judge's measure",
+                                                x_title="band (lower edge)", y_title="keep rate")
+            page.curves_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="precision-recall",
+                                           title="Precision and recall against the threshold (95% band)",
+                                           x_title="threshold", y_title="")
+
+
+def _argilla_step(page: SimpleNamespace) -> None:
+    from backtrans import argilla_sync
+
+    gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
+                "suggestions; pull the reviewers' decisions back. Uses `ARGILLA_API_URL` and `ARGILLA_API_KEY`.")
+    with gr.Row():
+        page.argilla_dataset = gr.Textbox("backtrans-review", label="Dataset", elem_id="argilla-dataset")
+        page.argilla_workspace = gr.Textbox(argilla_sync.DEFAULT_WORKSPACE, label="Workspace",
+                                            elem_id="argilla-workspace")
+        page.policy = gr.Dropdown(list(argilla_sync.POLICIES), value="majority", label="Several reviewers",
+                                  elem_id="argilla-policy")
+    with gr.Accordion("Plan review: spend a review budget well", open=False, elem_id="plan-review"):
+        gr.Markdown("Pick at most *budget* pairs for reviewers, stratified across bands of the judge's "
+                    "measure (plus a share near the threshold), so precision and recall of any threshold "
+                    "can be estimated with honest intervals. Once planned, **Push** sends the plan.")
+        with gr.Row():
+            page.budget = gr.Number(300, label="Review budget (pairs)", precision=0, minimum=1,
+                                    elem_id="review-budget")
+            page.plan_seed = gr.Number(0, label="Seed", precision=0, elem_id="review-seed")
+            page.overlap_share = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Share for two reviewers",
+                                           elem_id="review-overlap")
+            page.plan_button = gr.Button("Plan review", elem_id="review-plan")
+        page.plan_summary = gr.Markdown(elem_id="review-plan-summary")
+        page.plan_makeup = gr.Dataframe(pd.DataFrame(columns=["band", "pairs", "to review", "inclusion probability"]),
+                                        interactive=False, elem_id="review-plan-makeup")
+    with gr.Row():
+        page.push_button = gr.Button("Push to Argilla", elem_id="argilla-push")
+        page.pull_button = gr.Button("Pull decisions", elem_id="argilla-pull")
+    page.argilla_status = gr.Markdown(elem_id="argilla-status")
+    page.agreement_report = gr.Markdown(elem_id="argilla-agreement")
+    page.confusion_plot = gr.BarPlot(x="LLM", y="pairs", color="human", title="Confusion: LLM keep vs human keep",
+                                     elem_id="argilla-confusion")
+    page.disagreements = gr.Dataframe(
+        pd.DataFrame(columns=["instruction", "generation", "score", "expected score", "reason", "human keep",
+                              "human score", "note", "reviewer"]),
+        label="Where humans and the LLM disagree", interactive=False, wrap=True, max_height=600,
+        column_widths=["22%", "22%", "70px", "90px", "16%", "80px", "80px", "12%", "90px"],
+        elem_id="argilla-disagreements")
+
+
+def _export_step(page: SimpleNamespace) -> None:
+    with gr.Row():
+        page.export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
+                                         info="chat: training format with the paper's system tags",
+                                         elem_id="export-format")
+        page.export_download = gr.DownloadButton("Download the curated set", elem_id="export-download")
+    page.export_count = gr.Markdown(elem_id="export-count")
+    with gr.Row():
+        page.hub_repo = gr.Textbox(label="Push the curated set to your Hub dataset repo", placeholder="OWNER/NAME",
+                                   elem_id="export-hub-repo")
+        page.hub_push = gr.Button("Push to the Hub", elem_id="export-hub-push")
+    page.export_status = gr.Markdown(elem_id="export-status")
+
+
+def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
+    filters = [p.threshold, p.min_score, p.max_score, p.statuses, p.search, p.sort, p.page_number]
+    review_outputs = [p.results, p.page_info, p.scores_plot, p.curation]
+    override_buttons = [p.keep_button, p.discard_button, p.clear_button]
+    loaded = [p.session, p.data_preview, p.data_status, p.judge_status, p.generate_status, p.runs]
+
+    demo.load(open_session, [p.browser_id], [p.session, p.browser_id, p.who, p.runs], api_name=False)
+
+    def refresh_export(event):
+        """The download button always holds the current curated set (a DownloadButton cannot build on click)."""
+        return event.then(export_file, [p.session, p.export_format, p.threshold], [p.export_download, p.export_count],
+                          api_name=False)
+
+    def after_load(event):
+        refresh_export(
+            event.then(refresh_review, [p.session, *filters], review_outputs, api_name=False)
+            .then(clear_selection, p.session, [p.detail, *override_buttons], api_name=False)
+            .then(preview_prompt, [p.session, p.template, p.custom_template], p.prompt_preview, api_name=False))
+
+    # Data: most files need no mapping, so an upload loads at once with the guess; the button reloads with another.
+    inspected = p.upload.upload(inspect_upload, [p.session, p.upload],
+                                [p.session, p.instruction_column, p.generation_column, p.data_preview, p.data_status],
+                                api_name="inspect_upload")
+    mapping = [p.session, p.instruction_column, p.generation_column]
+    after_load(inspected.success(load_upload, mapping, loaded, api_name=False))
+    after_load(p.apply_mapping.click(load_upload, mapping, loaded, api_name="load_upload"))
+    after_load(p.sample.click(load_sample, p.session, loaded, api_name="load_sample"))
+    after_load(p.hub_load.click(load_hub, [p.session, p.hub_id, p.hub_config, p.hub_split], loaded,
+                                api_name="load_hub"))
+    after_load(p.local_load.click(load_local, [p.session, p.local_name], loaded, api_name="load_local"))
+
+    # Generate
+    llm_inputs = [p.backend, p.model, p.base_url, p.api_key, p.concurrency]
+    generating = p.generate_start.click(generate, [p.session, *llm_inputs], [p.generate_preview, p.generate_status],
+                                        api_name="generate", show_progress_on=[p.generate_status])
+    augmenting = p.augment_start.click(augment, [p.session, p.documents, p.seeds, p.min_chars, p.max_chars,
+                                                 p.near_duplicate, *llm_inputs],
+                                       [p.session, p.generate_preview, p.generate_status], api_name="augment",
+                                       show_progress_on=[p.generate_status])
+    p.generate_stop.click(None, None, None, cancels=[generating, augmenting])
+    after_load(generating)
+    after_load(augmenting)
+
+    # Judge
+    p.template.change(lambda name: gr.update(value=template_source(name)) if name != CUSTOM_TEMPLATE
+                      else gr.update(), p.template, p.custom_template, api_name=False)
+    p.template.change(template_defaults, p.template, [p.min_score, p.max_score, p.keep_by, p.threshold],
+                      api_name=False)
+    for trigger in (p.template.change, p.custom_template.change):
+        trigger(preview_prompt, [p.session, p.template, p.custom_template], p.prompt_preview, api_name=False)
+    judging = p.start.click(judge, [p.session, p.template, p.custom_template, *llm_inputs, *filters[:-1]],
+                            [*review_outputs, p.judge_status], api_name="judge", show_progress_on=[p.judge_status])
+    p.stop.click(None, None, None, cancels=[judging])
+    refresh_export(judging)
+    p.refresh_runs.click(list_runs, p.session, p.runs, api_name="list_runs")
+    after_load(p.resume.click(resume_run, [p.session, p.runs],
+                              [p.session, p.data_preview, p.data_status, p.template, p.backend, p.model, p.base_url],
+                              api_name="resume_run"))
+    p.delete_data.click(delete_my_data, p.session, [p.session, p.data_status, p.runs], api_name="delete_my_data")
+
+    # Review
+    for control in filters:
+        control.change(refresh_review, [p.session, *filters], review_outputs, api_name=False)
+    refresh_export(p.keep_by.change(set_keep_by, [p.session, p.keep_by, *filters], review_outputs, api_name=False))
+    for control in (p.threshold, p.export_format):
+        control.change(export_file, [p.session, p.export_format, p.threshold], [p.export_download, p.export_count],
+                       api_name=False)
+    p.results.select(select_row, [p.session, p.results], [p.detail, *override_buttons], api_name=False)
+    for button, decision in ((p.keep_button, True), (p.discard_button, False), (p.clear_button, None)):
+        refresh_export(button.click(overrider(decision), [p.session, *filters], [*review_outputs, p.detail],
+                                    api_name=False))
+
+    # Argilla
+    p.push_button.click(push_to_argilla, [p.session, p.argilla_dataset, p.argilla_workspace, p.threshold],
+                        p.argilla_status, api_name="argilla_push")
+    pulled = p.pull_button.click(pull_from_argilla, [p.session, p.argilla_dataset, p.argilla_workspace, p.policy,
+                                                     p.threshold],
+                                 [p.argilla_status, p.agreement_report, p.confusion_plot, p.disagreements],
+                                 api_name="argilla_pull")
+    refresh_export(pulled.then(refresh_review, [p.session, *filters], review_outputs, api_name=False))
+    estimate_outputs = [p.estimates_text, p.calibration_plot, p.curves_plot, p.suggested_threshold, p.adopt]
+    pulled.then(review_estimates, [p.session, p.target_precision], estimate_outputs, api_name=False)
+    p.target_precision.change(review_estimates, [p.session, p.target_precision], estimate_outputs,
+                              api_name="review_estimates")
+    p.adopt.click(adopt_threshold, [p.session, p.suggested_threshold], [p.threshold, p.keep_by], api_name=False)
+    p.plan_button.click(plan_review, [p.session, p.budget, p.plan_seed, p.overlap_share, p.threshold],
+                        [p.plan_summary, p.plan_makeup], api_name="plan_review")
+
+    # Export
+    p.hub_push.click(export_to_hub, [p.session, p.hub_repo, p.threshold], p.export_status, api_name="export_hub")
 
 
 def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     global WORKSPACE
     WORKSPACE = workspace or _workspace()
     WORKSPACE.data_dir.mkdir(parents=True, exist_ok=True)
-    judge_templates = [t.name for t in list_templates("judge")]
-    default_template = DEFAULT_TEMPLATE if DEFAULT_TEMPLATE in judge_templates else judge_templates[0]
-    template_info = load_template(default_template)
-    keep_by_default = "expected_score" if template_info.logprobs else "score"
-    default_backend = backends.SERVER if backends.server_key_shared() else backends.HUGGINGFACE
-    server_model = os.environ.get("BACKTRANS_MODEL", "")
-
+    page = SimpleNamespace()
     with gr.Blocks(title="backtrans") as demo:
-        with gr.Row():
-            gr.Markdown("# backtrans\nCurate instruction-tuning data with **instruction backtranslation** "
-                        "(Humpback): an LLM judge scores each (instruction, response) pair with the paper's 5-point "
-                        "prompt, you review its verdicts, and export the pairs worth training on.")
-            with gr.Column(scale=0, min_width=220):
-                if oauth_available():
-                    gr.LoginButton(elem_id="login")
-                who = gr.Markdown(elem_id="who")
-                delete_data = gr.Button("Delete my data", size="sm", variant="stop", elem_id="delete-my-data")
-        session_state = gr.State(None)
-        browser_id = gr.BrowserState(None, storage_key="backtrans-owner", secret=_browser_secret(WORKSPACE))
-
+        _header(page)
         with gr.Tab("1 · Data"):
-            with gr.Row():
-                upload = gr.File(label="Upload JSONL, CSV or Parquet", elem_id="data-upload",
-                                 file_types=list(UPLOAD_SUFFIXES))
-                with gr.Column():
-                    sample = gr.Button("Use the bundled sample (30 pairs)", elem_id="data-sample")
-                    hub_id = gr.Textbox(label="…or a Hugging Face dataset", placeholder="OWNER/NAME",
-                                        elem_id="data-hub-id")
-                    with gr.Row():
-                        hub_config = gr.Textbox(label="Config", elem_id="data-hub-config")
-                        hub_split = gr.Textbox(label="Split", value="train", elem_id="data-hub-split")
-                    hub_load = gr.Button("Load from the Hub", elem_id="data-hub-load")
-                    with gr.Row(visible=WORKSPACE.local_files_dir is not None):
-                        local_name = gr.Textbox(label=f"…or a file in {WORKSPACE.local_files_dir}",
-                                                elem_id="data-local-name")
-                        local_load = gr.Button("Load this file", elem_id="data-local-load")
-            with gr.Row():
-                instruction_column = gr.Dropdown(label="Instruction column", choices=[], elem_id="map-instruction")
-                generation_column = gr.Dropdown(label="Response column", choices=[], elem_id="map-generation")
-                apply_mapping = gr.Button("Load with this mapping", elem_id="data-apply-mapping")
-            data_status = gr.Markdown(elem_id="data-status")
-            data_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), label="First rows",
-                                        interactive=False, wrap=True, max_height=260, elem_id="data-preview")
-
+            _data_step(page)
         with gr.Tab("2 · Generate"):
-            gr.Markdown("**Self-augmentation:** turn unlabelled documents into (instruction, response) candidates. "
-                        "Documents are cut at their headers, filtered, and the model writes the instruction each "
-                        "segment answers, prompted with a few seed pairs. The model settings are those of step 3.")
-            with gr.Row():
-                documents = gr.File(label="Documents (.txt, .md, .html, or JSONL/Parquet with `text`)",
-                                    file_count="multiple", elem_id="augment-documents")
-                seeds = gr.File(label="Seed (instruction, output) pairs, JSONL (optional)", elem_id="augment-seeds")
-            with gr.Row():
-                min_chars = gr.Number(200, label="Min segment characters", elem_id="augment-min-chars")
-                max_chars = gr.Number(6000, label="Max segment characters", elem_id="augment-max-chars")
-                near_duplicate = gr.Slider(0.5, 1.0, value=0.8, step=0.05, label="Near-duplicate similarity",
-                                           elem_id="augment-near-duplicate")
-            augment_start = gr.Button("Write instructions for the documents", elem_id="augment-start")
-            gr.Markdown("**Instruction-only data:** write a response for every instruction that has none.")
-            generate_start = gr.Button("Generate missing responses", elem_id="generate-start")
-            generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
-            generate_status = gr.Markdown(elem_id="generate-status")
-            generate_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), interactive=False,
-                                            wrap=True, max_height=260, elem_id="generate-preview")
-
+            _generate_step(page)
         with gr.Tab("3 · Judge"):
-            with gr.Row():
-                template = gr.Dropdown([*judge_templates, CUSTOM_TEMPLATE], value=default_template,
-                                       label="Judge template", elem_id="judge-template")
-                backend = gr.Dropdown([(label, key) for key, label in backends.PRESETS.items()],
-                                      value=default_backend, label="Backend", elem_id="judge-backend")
-                model = gr.Dropdown([m for m in (server_model, *backends.HF_ROUTER_MODELS) if m],
-                                    value=server_model if default_backend == backends.SERVER else
-                                    backends.HF_ROUTER_MODELS[0], allow_custom_value=True, label="Model",
-                                    elem_id="judge-model")
-                concurrency = gr.Slider(1, WORKSPACE.limits.concurrency or 256, value=16, step=1,
-                                        label="Concurrency", elem_id="judge-concurrency")
-            with gr.Row():
-                base_url = gr.Textbox(label="Base URL (custom backend)", placeholder="https://…/v1",
-                                      elem_id="judge-base-url")
-                api_key = gr.Textbox(label="API key (custom backend; kept in this session only)", type="password",
-                                     elem_id="judge-api-key")
-            with gr.Accordion("Template and prompt preview", open=False):
-                custom_template = gr.Code(template_info.source, language="jinja2",
-                                          label="Custom template (choose 'custom' above)",
-                                          elem_id="judge-custom-template")
-                prompt_preview = gr.Textbox(label="The prompt for the first row", lines=8, interactive=False,
-                                            elem_id="judge-prompt-preview")
-            with gr.Row():
-                start = gr.Button("Start", variant="primary", elem_id="judge-start")
-                stop = gr.Button("Stop", variant="stop", elem_id="judge-stop")
-            judge_status = gr.Markdown(elem_id="judge-status")
-            with gr.Row():
-                runs = gr.Dropdown(label="Resume one of your earlier runs", choices=[], elem_id="judge-runs")
-                refresh_runs = gr.Button("Refresh runs", elem_id="judge-refresh-runs")
-                resume = gr.Button("Resume this run", elem_id="judge-resume")
-
+            _judge_step(page)
         with gr.Tab("4 · Review"):
-            with gr.Row():
-                threshold = gr.Slider(0, 5, value=3.8 if keep_by_default == "expected_score" else 4, step=0.1,
-                                      label="Keep pairs scored at least", elem_id="threshold")
-                keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score")],
-                                   value=keep_by_default, label="Compare with", elem_id="keep-by")
-                curation = gr.Markdown(elem_id="threshold-counts")
-            with gr.Row():
-                min_score = gr.Number(template_info.score_min, label="Min score", elem_id="filter-min")
-                max_score = gr.Number(template_info.score_max, label="Max score", elem_id="filter-max")
-                statuses = gr.CheckboxGroup(list(STATUSES), value=list(STATUSES), label="Status",
-                                            elem_id="filter-status")
-                search = gr.Textbox(label="Search text", elem_id="filter-text")
-                sort = gr.Dropdown(list(SORTS), value="input order", label="Sort", elem_id="filter-sort")
-            with gr.Row():
-                page_number = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="page-number")
-                page_info = gr.Markdown(elem_id="page-info")
-            results = gr.Dataframe(pd.DataFrame(columns=["row", "verdict", "judge", "score", "reason", "instruction",
-                                                         "generation"]),
-                                   label="Pairs with the judge's verdict, score and reason (click a row for details)",
-                                   interactive=False, wrap=True, max_height=900, elem_id="results-table")
-            with gr.Row():
-                with gr.Column(scale=2):
-                    detail = gr.HTML(elem_id="record-detail")
-                    with gr.Row():
-                        keep_button = gr.Button("Keep", elem_id="override-keep", interactive=False)
-                        discard_button = gr.Button("Discard", elem_id="override-discard", interactive=False)
-                        clear_button = gr.Button("Use the judge's verdict", elem_id="override-clear",
-                                                 interactive=False)
-                scores_plot = gr.BarPlot(x="bin", y="pairs", color="side", sort=None, elem_id="score-histogram",
-                                         title="Pairs by measure: green is kept",
-                                         color_map={"kept": "#2e7d32", "discarded": "#9e9e9e"})
-
-            with gr.Accordion("Calibrated threshold (after pulling reviewers' decisions)", open=False,
-                              elem_id="calibration"):
-                with gr.Row():
-                    target_precision = gr.Slider(0.5, 0.99, value=0.9, step=0.01, label="Target precision",
-                                                 elem_id="target-precision")
-                    adopt = gr.Button("Adopt the suggested threshold", interactive=False, elem_id="adopt-threshold")
-                suggested_threshold = gr.State(None)
-                estimates_text = gr.Markdown(elem_id="review-estimates")
-                with gr.Row():
-                    calibration_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="calibration-curve",
-                                                   title="Human keep rate by band of the judge's measure",
-                                                   x_title="band (lower edge)", y_title="keep rate")
-                    curves_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="precision-recall",
-                                              title="Precision and recall against the threshold (95% band)",
-                                              x_title="threshold", y_title="")
-
+            _review_step(page)
         with gr.Tab("5 · Argilla"):
-            gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
-                        "suggestions; pull the reviewers' decisions back. Uses `ARGILLA_API_URL` and "
-                        "`ARGILLA_API_KEY`.")
-            from backtrans import argilla_sync
-
-            with gr.Row():
-                argilla_dataset = gr.Textbox("backtrans-review", label="Dataset", elem_id="argilla-dataset")
-                argilla_workspace = gr.Textbox(argilla_sync.DEFAULT_WORKSPACE, label="Workspace",
-                                               elem_id="argilla-workspace")
-                policy = gr.Dropdown(list(argilla_sync.POLICIES), value="majority", label="Several reviewers",
-                                     elem_id="argilla-policy")
-            with gr.Accordion("Plan review: spend a review budget well", open=False, elem_id="plan-review"):
-                gr.Markdown("Pick at most *budget* pairs for reviewers, stratified across bands of the judge's "
-                            "measure (plus a share near the threshold), so precision and recall of any threshold "
-                            "can be estimated with honest intervals. Once planned, **Push** sends the plan.")
-                with gr.Row():
-                    budget = gr.Number(300, label="Review budget (pairs)", precision=0, minimum=1,
-                                       elem_id="review-budget")
-                    plan_seed = gr.Number(0, label="Seed", precision=0, elem_id="review-seed")
-                    overlap_share = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Share for two reviewers",
-                                              elem_id="review-overlap")
-                    plan_button = gr.Button("Plan review", elem_id="review-plan")
-                plan_summary = gr.Markdown(elem_id="review-plan-summary")
-                plan_makeup = gr.Dataframe(
-                    pd.DataFrame(columns=["band", "pairs", "to review", "inclusion probability"]),
-                    interactive=False, elem_id="review-plan-makeup")
-            with gr.Row():
-                push_button = gr.Button("Push to Argilla", elem_id="argilla-push")
-                pull_button = gr.Button("Pull decisions", elem_id="argilla-pull")
-            argilla_status = gr.Markdown(elem_id="argilla-status")
-            agreement_report = gr.Markdown(elem_id="argilla-agreement")
-            confusion_plot = gr.BarPlot(x="LLM", y="pairs", color="human", title="Confusion: LLM keep vs human keep",
-                                        elem_id="argilla-confusion")
-            disagreements = gr.Dataframe(
-                pd.DataFrame(columns=["instruction", "generation", "score", "expected score", "reason", "human keep",
-                                      "human score", "note", "reviewer"]),
-                label="Where humans and the LLM disagree", interactive=False, wrap=True, max_height=600,
-                column_widths=["22%", "22%", "70px", "90px", "16%", "80px", "80px", "12%", "90px"],
-                elem_id="argilla-disagreements")
-
+            _argilla_step(page)
         with gr.Tab("6 · Export"):
-            with gr.Row():
-                export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
-                                            info="chat: training format with the paper's system tags",
-                                            elem_id="export-format")
-                export_download = gr.DownloadButton("Download the curated set", elem_id="export-download")
-            export_count = gr.Markdown(elem_id="export-count")
-            with gr.Row():
-                hub_repo = gr.Textbox(label="Push the curated set to your Hub dataset repo", placeholder="OWNER/NAME",
-                                      elem_id="export-hub-repo")
-                hub_push = gr.Button("Push to the Hub", elem_id="export-hub-push")
-            export_status = gr.Markdown(elem_id="export-status")
-
-        # --- wiring ---
-        filters = [threshold, min_score, max_score, statuses, search, sort, page_number]
-        review_outputs = [results, page_info, scores_plot, curation]
-        override_buttons = [keep_button, discard_button, clear_button]
-        loaded = [session_state, data_preview, data_status, judge_status, generate_status, runs]
-
-        demo.load(open_session, [browser_id], [session_state, browser_id, who, runs], api_name=False)
-
-        def refresh_export(event):
-            """The download button always holds the current curated set (a DownloadButton cannot build on click)."""
-            return event.then(export_file, [session_state, export_format, threshold], [export_download, export_count],
-                              api_name=False)
-
-        def after_load(event):
-            refresh_export(
-                event.then(refresh_review, [session_state, *filters], review_outputs, api_name=False)
-                .then(clear_selection, session_state, [detail, *override_buttons], api_name=False)
-                .then(preview_prompt, [session_state, template, custom_template], prompt_preview, api_name=False))
-
-        inspected = upload.upload(inspect_upload, [session_state, upload],
-                                  [session_state, instruction_column, generation_column, data_preview, data_status],
-                                  api_name="inspect_upload")
-        # Most files need no mapping: load at once with the guess; the mapping button reloads with another.
-        after_load(inspected.success(load_upload, [session_state, instruction_column, generation_column], loaded,
-                                     api_name=False))
-        after_load(apply_mapping.click(load_upload, [session_state, instruction_column, generation_column], loaded,
-                                       api_name="load_upload"))
-        after_load(sample.click(load_sample, session_state, loaded, api_name="load_sample"))
-        after_load(hub_load.click(load_hub, [session_state, hub_id, hub_config, hub_split], loaded,
-                                  api_name="load_hub"))
-        after_load(local_load.click(load_local, [session_state, local_name], loaded, api_name="load_local"))
-
-        llm_inputs = [backend, model, base_url, api_key, concurrency]
-        generating = generate_start.click(generate, [session_state, *llm_inputs], [generate_preview, generate_status],
-                                          api_name="generate", show_progress_on=[generate_status])
-        augmenting = augment_start.click(augment, [session_state, documents, seeds, min_chars, max_chars,
-                                                   near_duplicate, *llm_inputs],
-                                         [session_state, generate_preview, generate_status], api_name="augment",
-                                         show_progress_on=[generate_status])
-        generate_stop.click(None, None, None, cancels=[generating, augmenting])
-        after_load(generating)
-        after_load(augmenting)
-
-        template.change(lambda name: gr.update(value=template_source(name)) if name != CUSTOM_TEMPLATE
-                        else gr.update(), template, custom_template, api_name=False)
-        template.change(template_defaults, template, [min_score, max_score, keep_by, threshold], api_name=False)
-        for trigger in (template.change, custom_template.change):
-            trigger(preview_prompt, [session_state, template, custom_template], prompt_preview, api_name=False)
-
-        judging = start.click(judge, [session_state, template, custom_template, *llm_inputs, *filters[:-1]],
-                              [*review_outputs, judge_status], api_name="judge", show_progress_on=[judge_status])
-        stop.click(None, None, None, cancels=[judging])
-        refresh_export(judging)
-        refresh_runs.click(list_runs, session_state, runs, api_name="list_runs")
-        after_load(resume.click(resume_run, [session_state, runs],
-                                [session_state, data_preview, data_status, template, backend, model, base_url],
-                                api_name="resume_run"))
-        delete_data.click(delete_my_data, session_state, [session_state, data_status, runs], api_name="delete_my_data")
-
-        for control in filters:
-            control.change(refresh_review, [session_state, *filters], review_outputs, api_name=False)
-        refresh_export(keep_by.change(set_keep_by, [session_state, keep_by, *filters], review_outputs,
-                                      api_name=False))
-        for control in (threshold, export_format):
-            control.change(export_file, [session_state, export_format, threshold], [export_download, export_count],
-                           api_name=False)
-        results.select(select_row, [session_state, results], [detail, *override_buttons], api_name=False)
-        for button, decision in ((keep_button, True), (discard_button, False), (clear_button, None)):
-            refresh_export(button.click(overrider(decision), [session_state, *filters], [*review_outputs, detail],
-                                        api_name=False))
-
-        push_button.click(push_to_argilla, [session_state, argilla_dataset, argilla_workspace, threshold],
-                          argilla_status, api_name="argilla_push")
-        pulled = pull_button.click(pull_from_argilla, [session_state, argilla_dataset, argilla_workspace, policy,
-                                                       threshold],
-                                   [argilla_status, agreement_report, confusion_plot, disagreements],
-                                   api_name="argilla_pull")
-        refresh_export(pulled.then(refresh_review, [session_state, *filters], review_outputs, api_name=False))
-        estimate_outputs = [estimates_text, calibration_plot, curves_plot, suggested_threshold, adopt]
-        pulled.then(review_estimates, [session_state, target_precision], estimate_outputs, api_name=False)
-        target_precision.change(review_estimates, [session_state, target_precision], estimate_outputs,
-                                api_name="review_estimates")
-        adopt.click(adopt_threshold, [session_state, suggested_threshold], [threshold, keep_by], api_name=False)
-        plan_button.click(plan_review, [session_state, budget, plan_seed, overlap_share, threshold],
-                          [plan_summary, plan_makeup], api_name="plan_review")
-        hub_push.click(export_to_hub, [session_state, hub_repo, threshold], export_status, api_name="export_hub")
+            _export_step(page)
+        _wire(demo, page)
     return demo
 
 

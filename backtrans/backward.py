@@ -15,7 +15,7 @@ _LABEL = re.compile(r"^(#+\s*)?(instruction|question)\s*:\s*", flags=re.IGNORECA
 class BackwardTask(PromptTask):
     """Writes the instruction that a segment answers, prompted with seed examples."""
 
-    kind = "backward"
+    kind = "augment"
     output_columns = ("instruction", "instruction_model", "augment_status", "augment_error")
     status_column = "augment_status"
     error_column = "augment_error"

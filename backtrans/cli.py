@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backtrans.argilla_sync import POLICIES, ArgillaError
+from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
 from backtrans.export import ExportError
 from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
 from backtrans.llm import redact
 from backtrans.records import RecordsError, parse_mapping
-from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError
+from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError, default_template
 
 DEFAULT_STORE = os.environ.get("BACKTRANS_STORE", "backtrans-runs.sqlite")
 
@@ -61,8 +62,8 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
 
 
 def _threshold_options(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--min-score", type=float, default=4, help=help_text)
-    parser.add_argument("--by", choices=["score", "expected_score"], default="score",
+    parser.add_argument("--min-score", type=float, default=DEFAULT_THRESHOLD, help=help_text)
+    parser.add_argument("--by", choices=MEASURES, default=DEFAULT_MEASURE,
                         help="compare the threshold with the parsed score or the expected score from digit "
                         "probabilities (better for small local judges)")
 
@@ -72,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "score, generate, curate and export instruction-tuning data.")
     sub = parser.add_subparsers(dest="command", required=True)
     _llm_options(sub.add_parser("score", help="judge (instruction, generation) pairs"),
-                 os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE))
+                 default_template("judge"))
     _llm_options(sub.add_parser("generate", help="write responses for instructions that lack one"),
-                 "generate-response")
+                 default_template("generate"))
     augment = sub.add_parser("augment", help="self-augmentation: write instructions for unlabelled documents")
-    _llm_options(augment, "backward-instruction")
+    _llm_options(augment, default_template("augment"))
     augment.add_argument("--seed", help="JSONL of (instruction, output) seed pairs used as examples "
                          "(default: a few bundled ones)")
     augment.add_argument("--examples", type=int, default=3, help="seed pairs per prompt (default 3)")
@@ -101,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-o", "--output", required=True)
     plan.add_argument("--budget", type=int, required=True, help="the most pairs to review")
     plan.add_argument("--seed", type=int, default=0)
-    plan.add_argument("--by", choices=["score", "expected_score"], help="default: expected_score where present")
+    plan.add_argument("--by", choices=MEASURES, help="default: expected_score where present")
     plan.add_argument("--threshold", type=float, help="the current keep threshold: part of the budget goes near it")
     plan.add_argument("--near-share", type=float, default=0.2, help="share of the budget near the threshold")
     plan.add_argument("--overlap-share", type=float, default=0.1, help="share of the plan for two reviewers")
     estimate = review_sub.add_parser("estimate", help="precision and recall of the kept set, with 95%% intervals")
     estimate.add_argument("input", help="the scored rows with human_keep on the reviewed ones "
                           "(as `argilla pull --scored` writes them)")
-    estimate.add_argument("--by", choices=["score", "expected_score"], help="default: expected_score where present")
+    estimate.add_argument("--by", choices=MEASURES, help="default: expected_score where present")
     estimate.add_argument("--threshold", type=float, help="report this threshold (default: every candidate)")
     estimate.add_argument("--target-precision", type=float, help="choose the threshold that keeps the most pairs "
                           "while the precision's lower bound meets this")

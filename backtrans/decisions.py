@@ -17,6 +17,48 @@ from typing import Any
 from backtrans.records import missing
 
 MEASURES = ("score", "expected_score")
+# The paper's curation sets on its 1-5 scale: A4 keeps score >= 4, A5 keeps score 5.
+PAPER_LEVELS = {"A4": 4, "A5": 5}
+# Where no template says otherwise (a scored file, a push from the CLI): the paper's A4, by the parsed score.
+DEFAULT_THRESHOLD: float = PAPER_LEVELS["A4"]
+DEFAULT_MEASURE = "score"
+# Expected scores of small local judges sit between the integers: 70% of the way up the scale ranks best
+# (3.8 on 1-5, docs/judge-models.md).
+EXPECTED_SCORE_SHARE = 0.7
+
+
+def default_measure(template: Any) -> str:
+    """A judge that gives digit probabilities is read by its expected score; any other by its score."""
+    return "expected_score" if getattr(template, "logprobs", False) else DEFAULT_MEASURE
+
+
+def default_threshold(template: Any) -> float:
+    """The keep threshold a template starts with: one below the top of its scale (the paper's A4 on 1-5), or
+    70% of the way up where the expected score decides."""
+    low, high = template.score_min, template.score_max
+    if default_measure(template) == "expected_score":
+        return round(low + EXPECTED_SCORE_SHARE * (high - low), 1)
+    return float(high - 1)
+
+
+def measure_in(frame: Any, by: str | None = None) -> str:
+    """The measure that decides keep for this table: `by` where it can (an expected score only where the judge
+    gave one), else the expected score where present, else the score."""
+    import pandas as pd
+
+    has_expected = ("expected_score" in frame
+                    and pd.to_numeric(frame["expected_score"], errors="coerce").notna().any())
+    if by is None:
+        return "expected_score" if has_expected else "score"
+    return "expected_score" if check_measure(by) == "expected_score" and has_expected else "score"
+
+
+def paper_levels(scores: Any) -> dict[str, int]:
+    """How many scores the paper's A4 and A5 sets keep."""
+    import pandas as pd
+
+    valid = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").dropna()
+    return {name: int((valid >= level).sum()) for name, level in PAPER_LEVELS.items()}
 
 
 def check_measure(by: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from backtrans.decisions import final_keep
-from backtrans.records import missing
+from backtrans.records import FORMAT_HINT, RecordsError, file_format, missing
 
 SUFFIXES = {"jsonl": ".jsonl", "chat": ".jsonl", "csv": ".csv", "parquet": ".parquet"}  # a format's file suffix
 FORMATS = tuple(SUFFIXES)
@@ -31,12 +31,11 @@ def format_for(path: str | os.PathLike, explicit: str | None = None) -> str:
         if explicit not in FORMATS:
             raise ExportError(f"unknown format {explicit!r}; choose one of {', '.join(FORMATS)}")
         return explicit
-    suffix = Path(path).suffix.lower().lstrip(".")
-    aliases = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv",
-               "parquet": "parquet", "pq": "parquet"}
-    if suffix not in aliases:
-        raise ExportError(f"{path}: cannot tell the format from {suffix!r}; use .jsonl, .csv or .parquet")
-    return aliases[suffix]
+    try:
+        return file_format(path)
+    except RecordsError:
+        suffix = Path(path).suffix.lower().lstrip(".")
+        raise ExportError(f"{path}: cannot tell the format from {suffix!r}; {FORMAT_HINT}") from None
 
 
 def neutralise_formula(value: object) -> object:
@@ -97,7 +96,9 @@ class RowWriter:
         import csv
 
         if self._csv is None:
-            self._csv = csv.DictWriter(self._handle, fieldnames=list(row), extrasaction="ignore")
+            delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","  # as records reads it back
+            self._csv = csv.DictWriter(self._handle, fieldnames=list(row), extrasaction="ignore",
+                                       delimiter=delimiter)
             self._csv.writeheader()
         self._csv.writerow({k: neutralise_formula(_cell(v)) for k, v in row.items()})
 

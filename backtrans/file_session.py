@@ -9,27 +9,22 @@ come from the core modules, so the two faces cannot drift apart.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backtrans.decisions import check_measure, final_keep
+from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD, check_measure, final_keep
 from backtrans.export import RowWriter, curated, push_to_hub, score_histogram
 from backtrans.llm import LLMClient, LLMSettings
 from backtrans.records import PAIR_COLUMNS, iter_rows
 from backtrans.run_config import RunConfig
 from backtrans.runner import FileJob, Progress
 from backtrans.store import RunInfo, RunStore
-from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, load_template
+from backtrans.templates import default_template, load_template
 
 if TYPE_CHECKING:  # augment is imported only by the command that uses it
     from backtrans.augment import FilterReport
-
-DEFAULT_TEMPLATES = {"judge": DEFAULT_JUDGE_TEMPLATE, "generate": "generate-response",
-                     "augment": "backward-instruction"}
-
 
 class FileSessionError(Exception):
     """Something asked of the session that cannot be done; the message names what to change."""
@@ -197,8 +192,7 @@ class FileSession:
         if not config.source or not config.output:
             raise FileSessionError("give an INPUT and -o OUTPUT (or --resume RUN_ID)")
         if not config.template:
-            stated = os.environ.get("BACKTRANS_TEMPLATE") if kind == "judge" else None
-            config = config.updated(template=stated or DEFAULT_TEMPLATES[kind])
+            config = config.updated(template=default_template(kind))
         return config
 
     # --- runs ---------------------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ class FileSession:
 
     # --- curation and export ------------------------------------------------------------------------------
 
-    def curate(self, source: str, output: str, threshold: float = 4, by: str = "score",
+    def curate(self, source: str, output: str, threshold: float = DEFAULT_THRESHOLD, by: str = DEFAULT_MEASURE,
                threshold_from: str | None = None) -> CurateOutcome:
         """The kept pairs. With `threshold_from` (a `review estimate --json` report) its threshold and measure
         decide afresh for every pair no reviewer decided."""
@@ -250,7 +244,7 @@ class FileSession:
         return CurateOutcome(kept, len(scores), threshold, by, score_histogram(scores))
 
     def export(self, source: str, output: str, fmt: str | None = None, threshold: float | None = None,
-               by: str = "score", system_tag: str | None = None, push_to: str | None = None
+               by: str = DEFAULT_MEASURE, system_tag: str | None = None, push_to: str | None = None
                ) -> tuple[int, str, str | None]:
         """(rows written, format, the Hub URL when pushed). `threshold`: only the kept pairs."""
         rows = (located.row for located in iter_rows(source))
@@ -306,7 +300,8 @@ class FileSession:
     # --- Argilla ------------------------------------------------------------------------------------------
 
     def argilla_push(self, source: str, dataset: str, *, workspace: str | None = None,
-                     template: str | None = None, threshold: float = 4, by: str = "score", batch_size: int = 200,
+                     template: str | None = None, threshold: float = DEFAULT_THRESHOLD, by: str = DEFAULT_MEASURE,
+                     batch_size: int = 200,
                      overlap: int | None = None, design: str | None = None, resume: bool = True,
                      on_progress: Callable[[int, int], None] | None = None):
         """Every row of a scored file, or of a review plan (its design into the guidelines, its overlap share
@@ -316,12 +311,12 @@ class FileSession:
         config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
         rows = [located.row for located in iter_rows(source)]
         return argilla_sync.push_rows(rows, dataset, config, design=design, overlap=overlap,
-                                      template=template or os.environ.get("BACKTRANS_TEMPLATE", DEFAULT_JUDGE_TEMPLATE),
+                                      template=template or default_template(),
                                       threshold=threshold, by=by, batch_size=batch_size, resume=resume,
                                       on_progress=(lambda n: on_progress(n, len(rows))) if on_progress else None)
 
     def argilla_pull(self, dataset: str, output: str, *, workspace: str | None = None, scored: str | None = None,
-                     policy: str = "majority", threshold: float = 4, by: str = "score",
+                     policy: str = "majority", threshold: float = DEFAULT_THRESHOLD, by: str = DEFAULT_MEASURE,
                      report_path: str | None = None) -> PullOutcome:
         """Reviewers' decisions merged into the scored file's rows (default: the rows rebuilt from Argilla)."""
         from backtrans import argilla_sync

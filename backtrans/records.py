@@ -27,7 +27,11 @@ ALIASES = {
 }
 MAX_FIELD_CHARS = 1_000_000
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "sample_pairs.jsonl"
-TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv"}
+# The one registry of tabular file formats, suffix -> format: loading, the upload picker, export and Ray ask here.
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv",
+           ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = tuple(FORMATS)
+FORMAT_HINT = "use .jsonl, .csv, .tsv or .parquet"
 
 csv.field_size_limit(64 * 1024 * 1024)  # larger fields get our own clear error, not csv's
 
@@ -40,6 +44,14 @@ class RecordsError(ValueError):
 class Located:
     where: str  # "data.jsonl:17" or "data.parquet row 17"
     row: dict
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """`jsonl`, `csv` or `parquet`, from the file's suffix; anything else is a clear error."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise RecordsError(f"{Path(path).name}: unknown file type {suffix!r}; {FORMAT_HINT}")
+    return FORMATS[suffix]
 
 
 def parse_mapping(items: Iterable[str] | dict | None) -> dict[str, str]:
@@ -234,15 +246,9 @@ def read_raw(source: str | os.PathLike, config: str | None = None, split: str | 
     if path.is_file():
         if path.stat().st_size == 0:
             raise RecordsError(f"{path.name}: the file is empty")
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            return _read_jsonl(path)
-        if suffix in (".csv", ".tsv"):
-            return _read_csv(path)
-        if suffix in (".parquet", ".pq"):
-            return _read_parquet(path)
-        raise RecordsError(f"{path.name}: unknown file type {suffix!r}; use .jsonl, .csv, .tsv or .parquet")
-    if str(source).endswith(tuple(TEXT_SUFFIXES | {".parquet"})) and not path.exists():
+        readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+        return readers[file_format(path)](path)
+    if str(source).lower().endswith(SUFFIXES) and not path.exists():
         raise RecordsError(f"{source}: no such file")
     return _read_hf_dataset(str(source), config, split)
 

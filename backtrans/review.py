@@ -11,7 +11,7 @@ into numbers with honest intervals (docs/review.md has the method and why):
   band and by kept/discarded (both known for every row), with Wilson intervals at the design's effective
   sample size.
 - `choose_threshold`: the threshold with the largest kept set whose precision's lower bound meets a target.
-- `calibration_curve`, `precision_recall_curve`, `judge_vs_humans` (the paper's Table 7) and
+- `calibration_curve`, `precision_recall_curve`, and
   `reviewer_agreement` (Cohen's kappa on the overlap) for the faces.
 """
 
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
+from backtrans.decisions import check_measure, measure_in
 from backtrans.records import missing
 
 Z95 = 1.959963984540054
@@ -39,11 +40,8 @@ def _frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
 
 
 def measure_of(frame: pd.DataFrame, by: str | None = None) -> str:
-    """`expected_score` where the judge gave one (it ranks far better for small judges), else `score`."""
-    if by in ("score", "expected_score"):
-        return by
-    has_expected = "expected_score" in frame and pd.to_numeric(frame["expected_score"], errors="coerce").notna().any()
-    return "expected_score" if has_expected else "score"
+    """`by` when given; else the measure the keep rule would choose for this table."""
+    return check_measure(by) if by is not None else measure_in(frame)
 
 
 def _values(frame: pd.DataFrame, by: str) -> pd.Series:
@@ -400,12 +398,6 @@ def precision_recall_curve(rows: Iterable[dict] | pd.DataFrame, by: str | None =
                 out.append({"threshold": threshold, "metric": metric, "estimate": interval.estimate,
                             "low": interval.low, "high": interval.high, "kept": report.kept})
     return pd.DataFrame(out, columns=["threshold", "metric", "estimate", "low", "high", "kept"])
-
-
-def judge_vs_humans(rows: Iterable[dict] | pd.DataFrame) -> list[Report]:
-    """The paper's Table 7: the judge's A4 (score >= 4) and A5 (score 5) sets against human decisions."""
-    frame = _frame(rows)
-    return [estimate(frame, threshold, "score") for threshold in (4, 5)]
 
 
 # --- more than one reviewer --------------------------------------------------------------------------------

@@ -40,6 +40,15 @@ class RunConfig:
         if self.kind not in KINDS:
             raise ValueError(f"unknown run kind {self.kind!r}; one of {', '.join(KINDS)}")
 
+    @classmethod
+    def for_task(cls, task: Any, **where: Any) -> RunConfig:
+        """The settings of a run of `task` (its kind, template, model and seeds) over `where` (source, output,
+        mapping, ...): the one builder for the CLI's jobs, the app's, Ray's and the Batch API's."""
+        template = task.template
+        return cls(kind=task.kind, template=template.path or template.name, template_digest=template.digest,
+                   model=task.settings.model, base_url=task.settings.base_url,
+                   seeds=getattr(task, "examples", None), **where)
+
     def to_json(self) -> dict[str, Any]:
         """What the store records. Fields left at None are left out, so a setting added later does not
         change the record of runs that never used it (and rerunning an older command still finds its run)."""

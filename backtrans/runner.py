@@ -99,14 +99,6 @@ class Progress:
             return None
         return max(0, self.total - self.done) / self.rate if self.rate else None
 
-    def line(self) -> str:
-        """One line for a progress display: done, statuses, tokens, rate and ETA."""
-        of = f"/{self.total}" if self.total is not None else ""
-        eta = self.eta_s
-        tail = f", ETA {_duration(eta)}" if eta is not None and self.done < (self.total or 0) else ""
-        return (f"{self.done}{of} rows: {self.ok} ok, {self.parse_error} parse_error, {self.llm_error} llm_error; "
-                f"{self.tokens:,} tokens; {self.rate:.1f} rows/s{tail}")
-
     def summary(self) -> str:
         return (
             f"{self.done} rows in {self.elapsed:.1f}s: {self.ok} ok, {self.parse_error} parse_error, "
@@ -356,21 +348,8 @@ class FileJob:
     parent_run_id: str | None = None
 
     def run_config(self) -> RunConfig:
-        task = self.task
-        return RunConfig(
-            kind={"backward": "augment"}.get(task.kind, task.kind),
-            source=self.source,
-            output=self.output,
-            template=task.template.path or task.template.name,
-            template_digest=task.template.digest,
-            model=task.settings.model,
-            base_url=task.settings.base_url,
-            mapping=self.mapping,
-            hf_config=self.config,
-            split=self.split,
-            parent_run_id=self.parent_run_id,
-            seeds=getattr(task, "examples", None),
-        )
+        return RunConfig.for_task(self.task, source=self.source, output=self.output, mapping=self.mapping,
+                                  hf_config=self.config, split=self.split, parent_run_id=self.parent_run_id)
 
     def rows(self, validated: bool = True) -> Iterator[dict]:
         """The input's rows; once `validate()` has passed, without holding duplicate fingerprints."""

@@ -1,9 +1,9 @@
 """One user's session, headless: load, generate, augment, judge, resume, review, Argilla, export.
 
-The faces (app.py, the CLI) map their inputs to these methods and render what they return; no face
-decides who may see what. A `Workspace` is the server's side (data folder, shared run store, limits);
-a `Session` is one owner's view of it. Every run, upload and export is the owner's, and a run id of
-another owner reads exactly as one that never existed.
+The faces (app.py) map their inputs to these methods and render what they return: rows, counts and curves
+as numbers, never text for a page. No face decides who may see what. A `Workspace` is the server's side
+(data folder, shared run store, limits); a `Session` is one owner's view of it. Every run, upload and
+export is the owner's, and a run id of another owner reads exactly as one that never existed.
 """
 
 from __future__ import annotations
@@ -15,39 +15,42 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from backtrans import backends
-from backtrans.curate import (
-    HEADERS,
-    Filters,
-    Workbench,
-    measure_histogram,
-    page,
-    plain_value,
-    record_html,
-    threshold_counts,
+from backtrans.decisions import default_measure, default_threshold, measure_in, paper_levels
+from backtrans.limits import LimitError, day_ago
+from backtrans.owners import OwnershipError, check_hub_id, confined_path, on_space
+from backtrans.records import (
+    SAMPLE_PATH,
+    SUFFIXES,
+    RecordsError,
+    dataframe_rows,
+    load_records,
+    preview_columns,
+    resolve_columns,
 )
-from backtrans.limits import JobGate, LimitError, Limits, day_ago
-from backtrans.owners import Owner, OwnershipError, check_hub_id, confined_path, on_space
-from backtrans.records import SAMPLE_PATH, RecordsError, dataframe_rows, load_records, preview_columns, resolve_columns
 from backtrans.redaction import redact
+from backtrans.review_table import Bin, Filters, Workbench, measure_bins, page, plain_value
 from backtrans.run_config import RunConfig
 from backtrans.store import RunStore
-from backtrans.templates import Template, TemplateError, load_template, parse_template
+from backtrans.templates import Template, TemplateError, default_template, load_template, parse_template
+from backtrans.workspace import Workspace
 
-DEFAULT_TEMPLATE = os.environ.get("BACKTRANS_TEMPLATE", "humpback")
 CUSTOM_TEMPLATE = "custom"
 PAGE_SIZE = 50
-UPLOAD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")
 SAMPLE_LABEL = "the bundled sample"
 
 
 class SessionError(RuntimeError):
-    """Something the user asked for that cannot be done. The message is safe to show to them."""
+    """Something the user asked for that cannot be done. The message is plain text, safe to show to them."""
+
+
+class LoadError(SessionError):
+    """Data that cannot be loaded; the message names the file, the line and the column."""
 
 
 class NoSuchRun(SessionError):
@@ -55,81 +58,35 @@ class NoSuchRun(SessionError):
         super().__init__("No such run.")
 
 
-# --- server side --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Workspace:
-    """What every session shares: the data folder, the run store, the limits and the job gate."""
-
-    data_dir: Path
-    limits: Limits = field(default_factory=Limits)
-    gate: JobGate = field(default_factory=JobGate)
-    local_files_dir: Path | None = None  # opt-in folder a workstation user may load from by name
-
-    @classmethod
-    def from_env(cls, default_dir: str | Path) -> Workspace:
-        local_dir = os.environ.get("BACKTRANS_LOCAL_FILES_DIR", "").strip()
-        if local_dir and on_space():
-            local_dir = ""  # a Space serves strangers: never a folder of server files
-        return cls(Path(os.environ.get("BACKTRANS_DATA_DIR") or default_dir), Limits.from_env(),
-                   local_files_dir=Path(local_dir).resolve() if local_dir else None)
-
-    @property
-    def store_path(self) -> str:
-        return str(self.data_dir / "runs.sqlite")
-
-    def owner_dir(self, owner: Owner) -> Path:
-        return self.data_dir / "owners" / owner.folder
-
-    def session(self, owner: Owner) -> Session:
-        return Session(self, owner)
-
-    def expire(self, now: float | None = None) -> int:
-        """Remove runs and owner files older than the retention period (run at start). Returns runs removed."""
-        if not self.limits.retention_days:
-            return 0
-        cutoff = (now or time.time()) - self.limits.retention_days * 86400
-        removed = 0
-        if Path(self.store_path).exists():
-            store = RunStore(self.store_path)
-            try:
-                removed = store.delete_runs(before=cutoff)
-            finally:
-                store.close()
-        owners = self.data_dir / "owners"
-        for path in sorted(owners.rglob("*"), reverse=True) if owners.exists() else ():
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()  # children come first in reverse order
-        return removed
-
-
 # --- what the faces render ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Inspection:
+    label: str
     columns: list[str]
     instruction_column: str | None
     generation_column: str | None
     head: pd.DataFrame
-    message: str
 
 
 @dataclass
 class Loaded:
+    label: str
+    rows: int
+    without_response: int
     preview: pd.DataFrame
-    message: str
-    ok: bool = True
 
 
 @dataclass
 class JobUpdate:
-    message: str
-    done: bool = False
+    """One look at a running job: its progress (None before the first row), and at the end `done`, with
+    `error` set when it stopped early. `filters`: an augment job's segment filter report."""
+
     progress: object | None = None
+    done: bool = False
+    error: str | None = None
+    filters: object | None = None
 
 
 @dataclass
@@ -140,14 +97,10 @@ class RunSummary:
     finished: bool
     created: float
 
-    def describe(self) -> str:
-        when = datetime.datetime.fromtimestamp(self.created).strftime("%Y-%m-%d %H:%M")
-        return f"{when} · {self.kind} · {self.label} · {'finished' if self.finished else 'unfinished'}"
-
 
 @dataclass
 class Resumed:
-    message: str
+    loaded: Loaded
     template: str
     model: str
     base_url: str
@@ -156,55 +109,64 @@ class Resumed:
 
 @dataclass
 class ReviewView:
-    table: pd.DataFrame
-    page_info: str
-    histogram: pd.DataFrame
-    summary: str
+    """One page of the review table and what the page says about the whole set."""
+
+    rows: pd.DataFrame  # the page's rows with their decisions (final_keep, judge_keep, decided_by), texts whole
+    page: int
+    pages: int
+    matching: int  # rows that pass the filters
+    total: int
+    scored: int
+    kept: int
+    overrides: int
+    measure: str
+    threshold: float
+    levels: dict[str, int] | None  # the paper's A4/A5 counts, where the judge's scale is the paper's 1-5
+    bins: list[Bin]
+    has_expected: bool  # a column of expected scores is worth showing
+
+
+@dataclass
+class PullResult:
+    summary: dict  # records, decisions, votes, drafts, reviewers
+    report: dict  # the agreement report (numbers; None where a figure is undefined)
+    disagreements: pd.DataFrame
+
+
+@dataclass
+class Estimates:
+    reviewed: int
+    by: str
+    target_precision: float
+    calibration: pd.DataFrame  # low_edge, keep_rate, low, high per band
+    curve: pd.DataFrame  # threshold, metric (precision | recall), estimate, low, high
+    suggested: object | None  # review.ThresholdChoice
+    agreement: object  # review.ReviewerAgreement
 
 
 @dataclass
 class Exported:
-    path: str | None
+    path: str
     rows: int
-    message: str
-
-
-def progress_text(progress, final: bool = False) -> str:
-    """Rows done, by status, tokens, rate and ETA; at the end, how long the whole run took."""
-    elapsed = time.monotonic() - progress.started
-    rate = progress.done / elapsed if elapsed > 0 else 0.0
-    counts = (f"{progress.ok} ok · {progress.parse_error} parse errors · {progress.llm_error} LLM errors · "
-              f"{progress.cached} from the store · {progress.tokens:,} tokens")
-    if final:
-        return f"**Done:** {progress.done} rows in {_duration(elapsed)} · {counts}"
-    left = (progress.total or 0) - progress.done
-    eta = f" · about {_duration(left / rate)} left" if rate > 0 and left > 0 else ""
-    return f"{progress.done}/{progress.total} rows · {counts} · {rate:.2f} rows/s{eta}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
-
-
-# --- one owner's session ------------------------------------------------------------------------------------
+    total: int
 
 
 class Session:
-    def __init__(self, workspace: Workspace, owner: Owner):
+    def __init__(self, workspace: Workspace, owner):
         self.workspace = workspace
         self.owner = owner
-        self.bench: Workbench | None = None
+        self.workbench: Workbench | None = None
         self.source_path = ""  # where the rows came from, for resume: the owner's copy, the sample, a Hub id
         self.source_label = ""  # what the user calls it: the uploaded file's own name, the Hub id
         self.source_kind = ""
+        self.source_mapping: dict[str, str] = {}  # an upload's columns -> ours, recorded so a resume maps them again
         self.source_options: tuple[str | None, str | None] = (None, None)  # a Hub dataset's config and split
         self.pending_upload: tuple[str, str] | None = None
         self.selected_row: int | None = None
-        self.threshold = 4.0  # the last one the review used: the detail panel's verdict follows it
-        self.review_plan = None  # (plan rows, PlanSummary) once a review budget was planned
-        self.template: Template = load_template(DEFAULT_TEMPLATE)
-        self.keep_by = "expected_score" if self.template.logprobs else "score"
+        self.threshold: float | None = None  # the last one the review used: the detail panel's verdict follows it
+        self.planned_review = None  # (plan rows, PlanSummary) once a review budget was planned
+        self.template: Template = load_template(default_template())
+        self.keep_by = default_measure(self.template)
 
     # --- data ---------------------------------------------------------------------------------------------
 
@@ -217,12 +179,12 @@ class Session:
         source = Path(path)
         label = Path(original_name or source.name).name
         suffix = Path(label).suffix.lower() or source.suffix.lower()
-        if suffix not in UPLOAD_SUFFIXES:
-            raise SessionError(f"{label}: unknown file type {suffix!r}; upload .jsonl, .csv, .tsv or .parquet")
+        if suffix not in SUFFIXES:
+            raise LoadError(f"{label}: unknown file type {suffix!r}; upload .jsonl, .csv, .tsv or .parquet")
         size = source.stat().st_size
         if self.workspace.limits.upload_mb and size > self.workspace.limits.upload_mb * 2**20:
-            raise SessionError(f"{label} is {size / 2**20:.0f} MB; this app takes files up to "
-                               f"{self.workspace.limits.upload_mb} MB.")
+            raise LoadError(f"{label} is {size / 2**20:.0f} MB; this app takes files up to "
+                            f"{self.workspace.limits.upload_mb} MB.")
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
         target = self.folder / "uploads" / f"{digest}{suffix}"
         if not target.exists():
@@ -236,20 +198,19 @@ class Session:
         try:
             kept, label = self._keep_upload(path, original_name)
             head = preview_columns(kept)
-        except (RecordsError, OSError, SessionError) as exc:
-            raise SessionError(self._relabel(str(exc), original_name)) from None
+        except (RecordsError, OSError) as exc:
+            raise LoadError(self._relabel(str(exc), original_name)) from None
         self.pending_upload = (kept, label)
         columns = [str(c) for c in head.columns]
         guessed = {target: source for source, target in
                    resolve_columns(columns, {}, ("instruction", "generation")).items()}
-        return Inspection(columns, guessed.get("instruction"), guessed.get("generation"), head,
-                          f"`{label}`: {len(columns)} columns. Check the mapping, then load.")
+        return Inspection(label, columns, guessed.get("instruction"), guessed.get("generation"), head)
 
     def load_upload(self, instruction_column: str | None = None, generation_column: str | None = None) -> Loaded:
         if self.pending_upload is None:
-            return Loaded(pd.DataFrame(), "Upload a JSONL, CSV or Parquet file first.", ok=False)
+            raise LoadError("Upload a JSONL, CSV or Parquet file first.")
         path, label = self.pending_upload
-        return self._load(path, label, "upload", _mapping(instruction_column, generation_column))
+        return self._load(path, label, "upload", column_mapping(instruction_column, generation_column))
 
     def load_sample(self) -> Loaded:
         return self._load(str(SAMPLE_PATH), SAMPLE_LABEL, "sample", {})
@@ -258,10 +219,10 @@ class Session:
         try:
             dataset_id = check_hub_id(dataset_id)
         except OwnershipError as exc:
-            return Loaded(pd.DataFrame(), f"**Cannot load this data.** {exc}", ok=False)
+            raise LoadError(str(exc)) from None
         if Path(dataset_id).exists():
             # `datasets` would read a local folder of that name: never a server path, whatever its shape.
-            return Loaded(pd.DataFrame(), f"**Cannot load this data.** {dataset_id}: not found on the Hub", ok=False)
+            raise LoadError(f"{dataset_id}: not found on the Hub")
         return self._load(dataset_id, dataset_id, "hub", {}, config=(config or "").strip() or None,
                           split=(split or "").strip() or "train")
 
@@ -269,35 +230,35 @@ class Session:
         """Opt-in for a workstation (BACKTRANS_LOCAL_FILES_DIR): a file inside that one folder, by name."""
         root = self.workspace.local_files_dir
         if root is None:
-            return Loaded(pd.DataFrame(), "Loading files by name is off in this app: upload the file.", ok=False)
+            raise LoadError("Loading files by name is off in this app: upload the file.")
         try:
             path = confined_path(root, relative)
         except OwnershipError as exc:
-            return Loaded(pd.DataFrame(), f"**Cannot load this data.** {exc}", ok=False)
+            raise LoadError(str(exc)) from None
         return self._load(str(path), path.name, "local", {})
 
-    def _load(self, source: str, label: str, kind: str, mapping: dict, config: str | None = None,
+    def _load(self, source: str, label: str, kind: str, mapping: dict[str, str], config: str | None = None,
               split: str | None = None) -> Loaded:
         """Validate and load; errors name the file, line and column. A new dataset starts a clean slate."""
         try:
             frame = load_records(source, mapping, required=("instruction",), optional=("generation",),
                                  config=config, split=split)
         except RecordsError as exc:
-            return Loaded(pd.DataFrame(), f"**Cannot load this data.** {self._relabel(str(exc), label, source)}",
-                          ok=False)
+            raise LoadError(self._relabel(str(exc), label, source)) from None
         if not len(frame):
-            return Loaded(pd.DataFrame(), f"`{label}` has no rows.", ok=False)
-        self._set_bench(Workbench.from_frame(frame, source_name=label), source, label, kind)
+            raise LoadError(f"{label} has no rows.")
+        self._set_workbench(Workbench.from_frame(frame, source_name=label), source, label, kind, mapping)
         self.source_options = (config, split)
         missing = int(frame["generation"].isna().sum()) if "generation" in frame else len(frame)
-        note = f" {missing} have no response yet: use **Generate**." if missing else ""
-        return Loaded(frame.head(5), f"Loaded **{len(frame)}** pairs from `{label}`.{note}")
+        return Loaded(label, len(frame), missing, frame.head(5))
 
-    def _set_bench(self, bench: Workbench, source: str, label: str, kind: str) -> None:
-        bench.keep_by = self.keep_by
-        self.bench, self.source_path, self.source_label, self.source_kind = bench, source, label, kind
-        self.source_options: tuple[str | None, str | None] = (None, None)  # a Hub dataset's config and split
-        self.selected_row, self.review_plan = None, None
+    def _set_workbench(self, workbench: Workbench, source: str, label: str, kind: str,
+                       mapping: dict[str, str] | None = None) -> None:
+        workbench.keep_by = self.keep_by
+        self.workbench, self.source_path, self.source_label, self.source_kind = workbench, source, label, kind
+        self.source_mapping = dict(mapping or {})
+        self.source_options = (None, None)
+        self.selected_row, self.planned_review = None, None
 
     @staticmethod
     def _relabel(message: str, label: str | None, source: str | None = None) -> str:
@@ -311,13 +272,11 @@ class Session:
     def resolve_template(self, name: str, custom_text: str = "") -> Template:
         return parse_template(custom_text, CUSTOM_TEMPLATE) if name == CUSTOM_TEMPLATE else load_template(name)
 
-    def preview_prompt(self, name: str, custom_text: str = "") -> str:
-        if self.bench is None or not len(self.bench):
-            return "Load data to see the prompt for its first row."
-        try:
-            return self.resolve_template(name, custom_text).render(**dataframe_rows(self.bench.frame.head(1))[0])
-        except TemplateError as exc:
-            return f"Template problem: {exc}"
+    def preview_prompt(self, name: str, custom_text: str = "") -> str | None:
+        """The prompt for the first row; None before any data is loaded. A bad template raises TemplateError."""
+        if self.workbench is None or not len(self.workbench):
+            return None
+        return self.resolve_template(name, custom_text).render(**dataframe_rows(self.workbench.frame.head(1))[0])
 
     def choose_backend(self, preset: str, model: str = "", base_url: str = "", api_key: str = "",
                        hf_token: str | None = None, concurrency: float = 16) -> backends.Choice:
@@ -326,7 +285,7 @@ class Session:
         return backends.choose(preset, model=model, base_url=base_url, api_key=api_key, hf_token=hf_token,
                                concurrency=min(wanted, limit) if limit else wanted)
 
-    async def _run(self, task, rows: list[dict], indexes: list[int], config: dict, choice: backends.Choice,
+    async def _run(self, task, rows: list[dict], indexes: list[int], config: RunConfig, choice: backends.Choice,
                    apply: Callable[[int, dict], None], every_s: float) -> AsyncIterator[JobUpdate]:
         """Shared by every LLM job: limits, the owner's run, each result applied as it arrives."""
         from backtrans.runner import stream_results
@@ -349,68 +308,60 @@ class Session:
                         apply(indexes[position], result)
                     if time.monotonic() - last >= every_s:
                         last = time.monotonic()
-                        yield JobUpdate(progress_text(progress), progress=progress)
+                        yield JobUpdate(progress)
             except Exception as exc:  # the page stays up and every finished row stays scored
-                message = redact(f"{type(exc).__name__}: {exc}", secret)
-                yield JobUpdate(f"**Stopped by an error.** {message}", done=True, progress=progress)
+                yield JobUpdate(progress, done=True, error=redact(f"{type(exc).__name__}: {exc}", secret))
                 return
             if progress is not None:
-                yield JobUpdate(progress_text(progress, final=True), done=True, progress=progress)
+                yield JobUpdate(progress, done=True)
 
-    def _config(self, kind: str, choice: backends.Choice, rows: int, template: Template, **extra: object) -> RunConfig:
-        return RunConfig(kind=kind, source=self.source_path, source_name=self.source_label,
-                         source_kind=self.source_kind, hf_config=self.source_options[0],
-                         split=self.source_options[1], template=template.path or template.name,
-                         template_digest=template.digest, model=choice.settings.model,
-                         base_url=choice.settings.base_url, rows=rows, **extra)
+    def _run_config(self, task, rows: int) -> RunConfig:
+        return RunConfig.for_task(task, source=self.source_path, source_name=self.source_label,
+                                  source_kind=self.source_kind, mapping=self.source_mapping,
+                                  hf_config=self.source_options[0], split=self.source_options[1], rows=rows)
+
+    def _loaded_workbench(self) -> Workbench:
+        if self.workbench is None or not len(self.workbench):
+            raise SessionError("Load some data first.")
+        return self.workbench
 
     async def judge(self, template: Template, choice: backends.Choice,
                     every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+        """Score every row. Raises SessionError at once when the data is not ready."""
         from backtrans.judge import JudgeTask
 
-        bench = self.bench
-        if bench is None or not len(bench):
-            yield JobUpdate("Load some data first.", done=True)
-            return
-        ready = bench.frame["generation"].notna()
+        workbench = self._loaded_workbench()
+        ready = workbench.frame["generation"].notna()
         if not ready.all():
-            yield JobUpdate(f"{int((~ready).sum())} rows have no response: run **Generate** first.", done=True)
-            return
+            raise SessionError(f"{int((~ready).sum())} rows have no response: run Generate first.")
         self.template = template
-        self.keep_by = bench.keep_by = "expected_score" if template.logprobs else "score"
+        self.keep_by = workbench.keep_by = default_measure(template)
         task = JudgeTask(template, choice.settings)
-        config = self._config("judge", choice, len(bench), template)
-        async for update in self._run(task, dataframe_rows(bench.frame), list(range(len(bench))), config, choice,
-                                      bench.set_result, every_s):
+        async for update in self._run(task, dataframe_rows(workbench.frame), list(range(len(workbench))),
+                                      self._run_config(task, len(workbench)), choice, workbench.set_result, every_s):
             yield update
 
     async def generate(self, choice: backends.Choice, every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
-        from backtrans.augment import ResponseTask
+        from backtrans.generate import ResponseTask
 
-        bench = self.bench
-        if bench is None or not len(bench):
-            yield JobUpdate("Load some data first.", done=True)
-            return
-        missing = [int(i) for i in bench.frame.index[bench.frame["generation"].isna()]]
+        workbench = self._loaded_workbench()
+        missing = [int(i) for i in workbench.frame.index[workbench.frame["generation"].isna()]]
         if not missing:
-            yield JobUpdate("Every row already has a response.", done=True)
-            return
-        template = load_template("generate-response")
-        task = ResponseTask(template, choice.settings)
+            raise SessionError("Every row already has a response.")
+        task = ResponseTask(load_template(default_template("generate")), choice.settings)
 
         def apply(index: int, result: dict) -> None:
-            bench.frame.at[index, "generation"] = result.get("generation")
+            workbench.frame.at[index, "generation"] = result.get("generation")
 
-        config = self._config("generate", choice, len(missing), template)
-        async for update in self._run(task, dataframe_rows(bench.frame.loc[missing]), missing, config, choice, apply,
-                                      every_s):
+        async for update in self._run(task, dataframe_rows(workbench.frame.loc[missing]), missing,
+                                      self._run_config(task, len(missing)), choice, apply, every_s):
             yield update
 
     def generate_preview(self) -> pd.DataFrame:
-        if self.bench is None:
+        if self.workbench is None:
             return pd.DataFrame()
-        columns = [c for c in ("instruction", "generation", "source") if c in self.bench.frame]
-        return self.bench.frame[columns].head(8)
+        columns = [c for c in ("instruction", "generation", "source") if c in self.workbench.frame]
+        return self.workbench.frame[columns].head(8)
 
     async def augment(self, files: list[tuple[str, str]], seeds: str | None, filters, choice: backends.Choice,
                       every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
@@ -418,11 +369,11 @@ class Session:
 
         `files`: (uploaded path, original name) pairs; the copies keep the original names.
         """
-        from backtrans.augment import BackwardTask, FilterReport, candidate_rows, load_seed_examples
+        from backtrans.augment import FilterReport, candidate_rows, load_seed_examples
+        from backtrans.backward import BackwardTask
 
         if not files:
-            yield JobUpdate("Upload documents (.txt, .md, .html, or JSONL/Parquet with a `text` column).", done=True)
-            return
+            raise SessionError("Upload documents (.txt, .md, .html, or JSONL/Parquet with a text column).")
         digest = hashlib.sha256("\0".join(sorted(name for _, name in files)).encode())
         for path, _ in files:
             digest.update(Path(path).read_bytes())
@@ -435,26 +386,24 @@ class Session:
             copies.append(copy)
         report = FilterReport()
         try:
-            template = load_template("backward-instruction")
-            task = BackwardTask(template, choice.settings, load_seed_examples(seeds))
+            task = BackwardTask(load_template(default_template("augment")), choice.settings,
+                                load_seed_examples(seeds))
             rows = list(candidate_rows(copies, filters, report))
         except (RecordsError, TemplateError) as exc:
-            yield JobUpdate(f"**Cannot read the documents.** {exc}", done=True)
-            return
+            raise LoadError(str(exc)) from None
         if not rows:
-            yield JobUpdate(f"No segment passed the filters: {report.describe()}", done=True)
-            return
+            raise SessionError(f"No segment passed the filters: {report.describe()}")
         label = ", ".join(name for _, name in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        bench = Workbench.from_frame(pd.DataFrame(rows), source_name=label)
-        bench.frame["instruction"] = None
-        self._set_bench(bench, str(folder), label, "documents")
+        workbench = Workbench.from_frame(pd.DataFrame(rows), source_name=label)
+        workbench.frame["instruction"] = None
+        self._set_workbench(workbench, str(folder), label, "documents")
 
         def apply(index: int, result: dict) -> None:
-            bench.frame.at[index, "instruction"] = result.get("instruction")
+            workbench.frame.at[index, "instruction"] = result.get("instruction")
 
-        config = self._config("augment", choice, len(rows), template, seeds=task.examples)
-        async for update in self._run(task, rows, list(range(len(rows))), config, choice, apply, every_s):
-            update.message = f"Filters: {report.describe()}. Instructions: {update.message}"
+        async for update in self._run(task, rows, list(range(len(rows))), self._run_config(task, len(rows)),
+                                      choice, apply, every_s):
+            update.filters = report
             yield update
 
     # --- runs ---------------------------------------------------------------------------------------------
@@ -473,7 +422,8 @@ class Session:
             store.close()
 
     def resume(self, run_id: str | None) -> Resumed:
-        """Reload one of the owner's runs: its data and settings; finished rows then come from the store."""
+        """Reload one of the owner's runs: its data, column mapping and settings; finished rows then come from
+        the store."""
         store = self._store()
         info = store.run(str(run_id or ""), owner=self.owner.key) if store else None
         if store:
@@ -486,20 +436,18 @@ class Session:
             loaded = self.load_sample()
         elif kind == "hub":
             loaded = self.load_hub(source, config.hf_config or "", config.split or "train")
-        elif kind in ("upload", "documents") and self._owns(source):
-            loaded = self._load(source, label, "upload", {}) if kind == "upload" else Loaded(
-                pd.DataFrame(), "Runs of documents are resumed by writing instructions for the same documents again.",
-                ok=False)
+        elif kind == "upload" and self._owns(source):
+            loaded = self._load(source, label, "upload", config.mapping)
+        elif kind == "documents" and self._owns(source):
+            raise SessionError("Runs of documents are resumed by writing instructions for the same documents again.")
         elif kind == "local" and self.workspace.local_files_dir is not None:
             loaded = self.load_local(str(Path(source).relative_to(self.workspace.local_files_dir)))
         else:
             raise NoSuchRun()
-        template = Path(config.template or DEFAULT_TEMPLATE).stem
         base_url = config.base_url
         backend = backends.HUGGINGFACE if base_url == backends.hf_router_url() else (
             backends.SERVER if base_url == (os.environ.get("OPENAI_BASE_URL") or "") else backends.CUSTOM)
-        message = loaded.message + (" Settings restored: press **Start** to resume." if loaded.ok else "")
-        return Resumed(message, template, config.model, base_url, backend)
+        return Resumed(loaded, Path(config.template or default_template()).stem, config.model, base_url, backend)
 
     def _owns(self, path: str) -> bool:
         folder = self.folder.resolve()
@@ -508,66 +456,66 @@ class Session:
         except OSError:
             return False
 
-    def delete_my_data(self) -> str:
-        """Forget the owner's runs, uploads and exports, and the rows on screen."""
+    def delete_my_data(self) -> int:
+        """Forget the owner's runs, uploads and exports, and the rows on screen. Returns the runs deleted."""
         store = RunStore(self.workspace.store_path)
         try:
             runs = store.delete_runs(owner=self.owner.key)
         finally:
             store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.bench, self.pending_upload, self.selected_row = None, None, None
+        self.workbench, self.pending_upload, self.selected_row = None, None, None
         self.source_path = self.source_label = self.source_kind = ""
-        return f"Deleted your data: {runs} runs, with your uploads and exports."
+        self.source_mapping = {}
+        return runs
 
     # --- review -------------------------------------------------------------------------------------------
 
     def set_keep_by(self, keep_by: str) -> None:
         self.keep_by = keep_by if keep_by in ("score", "expected_score") else "score"
-        if self.bench is not None:
-            self.bench.keep_by = self.keep_by
+        if self.workbench is not None:
+            self.workbench.keep_by = self.keep_by
 
     def review(self, filters: Filters, threshold: float, page_number: float = 1) -> ReviewView:
-        bench = self.bench
-        if bench is None or not len(bench):
-            empty = pd.DataFrame(columns=["row", "verdict", "score", "reason", "instruction", "generation"])
-            return ReviewView(empty, "Page 1 of 1", measure_histogram(pd.DataFrame(), "score", float(threshold)), "")
-        view = bench.filtered(filters, float(threshold))
-        shown, pages = page(view, int(page_number or 1), PAGE_SIZE)
         threshold = self.threshold = float(threshold)
-        counts = threshold_counts(bench.frame["score"], threshold)
-        kept = int(bench.with_decisions(threshold)["final_keep"].sum())
+        workbench = self.workbench
+        if workbench is None or not len(workbench):
+            return ReviewView(pd.DataFrame(), 1, 1, 0, 0, 0, 0, 0, self.measure(), threshold, None, [], False)
+        decided = workbench.with_decisions(threshold)
+        view = workbench.filtered(filters, threshold)
+        shown, number, pages = page(view, int(page_number or 1), PAGE_SIZE)
         measure = self.measure()
-        overrides = f" · {len(bench.overrides)} overrides" if bench.overrides else ""
-        if measure == "expected_score":
-            summary = (f"Measure: **expected score** (from the judge's digit probabilities) · kept at ≥{threshold:g}:"
-                       f" **{kept}** of {len(bench)} · scored {counts['scored']}{overrides}")
-        else:
-            paper = f" (the paper's A4: {counts['A4']}, A5: {counts['A5']})" if self.template.score_max == 5 else ""
-            summary = (f"Measure: **score** · kept at ≥{threshold:g}: **{kept}** of {len(bench)}{paper} · "
-                       f"scored {counts['scored']}{overrides}")
-        info = f"Page {min(int(page_number or 1), pages)} of {pages} · {len(view)} rows match"
-        plot = measure_histogram(bench.frame, measure, threshold, self.template.score_min, self.template.score_max)
-        return ReviewView(shown, info, plot, summary)
+        frame = workbench.frame
+        levels = paper_levels(frame["score"]) if (self.template.score_min, self.template.score_max) == (1, 5) \
+            else None
+        return ReviewView(
+            rows=shown, page=number, pages=pages, matching=len(view), total=len(workbench),
+            scored=int(frame["score"].notna().sum()), kept=int(decided["final_keep"].sum()),
+            overrides=len(workbench.overrides), measure=measure, threshold=threshold, levels=levels,
+            bins=measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max),
+            has_expected=bool(frame["expected_score"].notna().any()),
+        )
 
     def measure(self) -> str:
         """The measure that decides keep: expected score only where the judge gave one."""
-        frame = self.bench.frame if self.bench is not None else None
-        has_expected = frame is not None and "expected_score" in frame and frame["expected_score"].notna().any()
-        return "expected_score" if self.keep_by == "expected_score" and has_expected else "score"
+        frame = self.workbench.frame if self.workbench is not None else pd.DataFrame()
+        return measure_in(frame, self.keep_by)
 
-    def select(self, row_number: int | None) -> str:
-        if self.bench is None or row_number is None or not 0 <= int(row_number) < len(self.bench):
+    def select(self, row_number: int | None) -> dict | None:
+        """The selected row in full, with its decisions at the review's threshold; None when there is none."""
+        workbench = self.workbench
+        if workbench is None or row_number is None or not 0 <= int(row_number) < len(workbench):
             self.selected_row = None
-            return ""
+            return None
         self.selected_row = int(row_number)
-        return record_html(self.bench.with_decisions(self.threshold).iloc[self.selected_row].to_dict())
+        threshold = self.threshold if self.threshold is not None else default_threshold(self.template)
+        return workbench.with_decisions(threshold).iloc[self.selected_row].to_dict()
 
     def override(self, keep: bool | None) -> bool:
         """A reviewer's keep (True), discard (False) or reset (None) of the selected row; False if none is."""
-        if self.bench is None or self.selected_row is None:
+        if self.workbench is None or self.selected_row is None:
             return False
-        self.bench.override(self.selected_row, keep)
+        self.workbench.override(self.selected_row, keep)
         return True
 
     # --- Argilla ------------------------------------------------------------------------------------------
@@ -578,163 +526,129 @@ class Session:
         shared = on_space() or os.environ.get("BACKTRANS_ARGILLA_PER_OWNER") == "1"
         return f"{name}-{self.owner.slug}" if shared and not name.endswith(self.owner.slug) else name
 
-    def plan_review(self, budget: float, threshold: float, seed: float = 0, overlap_share: float = 0.1
-                    ) -> tuple[str, pd.DataFrame]:
-        """A review plan within the budget: what Argilla is then sent. Returns its description and make-up."""
+    def _scored_workbench(self, why: str = "") -> Workbench:
+        workbench = self.workbench
+        if workbench is None or not workbench.frame["score"].notna().any():
+            raise SessionError("Judge some data first" + (f": {why}" if why else "."))
+        return workbench
+
+    def review_plan(self, budget: float, threshold: float, seed: float = 0, overlap_share: float = 0.1):
+        """A review plan within the budget: what Argilla is then sent. Returns its review.PlanSummary."""
         from backtrans import review
 
-        if self.bench is None or not self.bench.frame["score"].notna().any():
-            self.review_plan = None
-            return "Judge some data first: the plan is stratified by the judge's scores.", pd.DataFrame()
-        rows = self.bench.with_decisions(float(threshold)).drop(columns=["judge_keep", "decided_by"])
+        self.planned_review = None
+        workbench = self._scored_workbench("the plan is stratified by the judge's scores.")
+        rows = workbench.with_decisions(float(threshold)).drop(columns=["judge_keep", "decided_by"])
         planned, summary = review.plan(rows, max(1, int(budget or 1)), seed=int(seed or 0), by=self.measure(),
                                        threshold=float(threshold), overlap_share=float(overlap_share))
-        self.review_plan = (planned, summary)
-        makeup = pd.DataFrame([{"band": band, "pairs": int(info["rows"]), "to review": int(info["planned"]),
-                                "inclusion probability": round(info["inclusion_prob"], 4)}
-                               for band, info in summary.bands.items()])
-        return summary.describe(), makeup
+        self.planned_review = (planned, summary)
+        return summary
 
-    def argilla_push(self, dataset: str, workspace: str, threshold: float, on_progress=None) -> str:
-        """The review plan's rows when there is a plan (with its design in the guidelines), else every row."""
+    def argilla_push(self, dataset: str, workspace: str, threshold: float,
+                     on_progress: Callable[[int, int], None] | None = None) -> list:
+        """The review plan's rows when there is a plan (with its design in the guidelines), else every row.
+        `on_progress(sent, total)`. Returns the push reports; an Argilla problem raises SessionError."""
         from backtrans import argilla_sync
 
-        if self.bench is None or not len(self.bench):
-            return "Judge some data first."
+        workbench = self._loaded_workbench()
         name = self.argilla_dataset_name(dataset)
+        if self.planned_review is None:
+            rows, design = workbench.all_rows(), None
+        else:
+            planned, summary = self.planned_review
+            rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
+                    for row in planned.to_dict("records")]
+            design = summary.describe()
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            options = {"template": self.template, "threshold": threshold, "by": self.bench.keep_by,
-                       "on_progress": on_progress}
-            if self.review_plan is None:
-                reports = argilla_sync.push_rows(self.bench.all_rows(), name, config, **options)
-            else:
-                planned, summary = self.review_plan
-                rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
-                        for row in planned.to_dict("records")]
-                reports = argilla_sync.push_rows(rows, name, config, design=summary.describe(), **options)
+            return argilla_sync.push_rows(rows, name, config, template=self.template, threshold=threshold,
+                                          by=workbench.keep_by, design=design,
+                                          on_progress=(lambda n: on_progress(n, len(rows))) if on_progress else None)
         except argilla_sync.ArgillaError as exc:
-            return f"**Push failed.** {exc}"
-        what = "records of the review plan" if self.review_plan is not None else "records"
-        places = " and ".join(f"[{r.workspace}/{r.dataset}]({r.url})" for r in reports)
-        return f"Pushed **{sum(r.pushed for r in reports)}** {what} to {places}."
+            raise SessionError(str(exc)) from None
 
-    def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float):
-        """Reviewers' decisions merged into the rows; returns (message, report text, confusion, disagreements)."""
+    def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float) -> PullResult:
+        """Reviewers' decisions merged into the rows, with the agreement report and the pairs where reviewers
+        and the judge disagree."""
         from backtrans import argilla_sync
 
-        empty = pd.DataFrame(columns=["LLM", "human", "pairs"])
-        if self.bench is None or not len(self.bench):
-            return "Judge some data first.", "", empty, pd.DataFrame()
-        bench = self.bench
+        workbench = self._loaded_workbench()
         try:
             config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            decisions, merged, report = argilla_sync.pull_merged(bench.all_rows(), self.argilla_dataset_name(dataset),
-                                                                 config, policy, threshold, bench.keep_by)
+            decisions, merged, report = argilla_sync.pull_merged(
+                workbench.all_rows(), self.argilla_dataset_name(dataset), config, policy, threshold,
+                workbench.keep_by)
         except argilla_sync.ArgillaError as exc:
-            return f"**Pull failed.** {exc}", "", empty, pd.DataFrame()
+            raise SessionError(str(exc)) from None
         for column in ("human_keep", "human_score", "human_note", "reviewer", "human_votes"):
-            bench.frame[column] = [row[column] for row in merged]
-        confusion = pd.DataFrame(
-            [{"LLM": llm, "human": human, "pairs": report["confusion"][f"llm_{llm}_human_{human}"]}
-             for llm in ("keep", "discard") for human in ("keep", "discard")]
-        )
-        disagreements = set(report["disagreements"])
-        columns = ("instruction", "generation", "score", "expected_score", "reason", "human_keep", "human_score",
-                   "human_note", "reviewer")
-        disagree = pd.DataFrame([{k: row.get(k) for k in columns}
-                                 for row in merged if argilla_sync.record_id(row) in disagreements],
-                                columns=list(columns)).rename(columns=HEADERS)
-        pulled = argilla_sync.summary(decisions)
-        reviewers = pulled["reviewers"]
-        who = (f", from {argilla_sync.counted(len(reviewers), 'reviewer')} ({', '.join(reviewers)})"
-               if reviewers else ", no reviewer has answered yet")
-        message = f"Pulled **{pulled['records']}** records: **{pulled['decisions']}** with a reviewer's decision{who}."
-        return message, "```\n" + argilla_sync.format_report(report) + "\n```", confusion, disagree
+            workbench.frame[column] = [row[column] for row in merged]
+        disagreeing = set(report["disagreements"])
+        columns = ["instruction", "generation", "score", "expected_score", "reason", "human_keep", "human_score",
+                   "human_note", "reviewer"]
+        disagreements = pd.DataFrame([{k: row.get(k) for k in columns} for row in merged
+                                      if argilla_sync.record_id(row) in disagreeing], columns=columns)
+        return PullResult(argilla_sync.summary(decisions), report, disagreements)
 
-    def review_estimates(self, target_precision: float = 0.9):
+    def review_estimate(self, target_precision: float = 0.9) -> Estimates:
         """After a pull: the calibration curve, precision and recall against the threshold with their intervals,
-        and the threshold that keeps the most pairs at the target precision. Returns (text, calibration, curves,
-        suggested threshold or None)."""
+        the threshold that keeps the most pairs at the target precision, and agreement between reviewers."""
         from backtrans import review
 
-        empty = pd.DataFrame(columns=["x", "value", "series"])
-        frame = self.bench.frame if self.bench is not None else None
+        frame = self.workbench.frame if self.workbench is not None else None
         if frame is None or "human_keep" not in frame or not frame["human_keep"].notna().any():
-            return "Pull reviewers' decisions first.", empty, empty, None
+            raise SessionError("Pull reviewers' decisions first.")
         by = self.measure()
-        calibration = review.calibration_curve(frame, by)
-        curve = review.precision_recall_curve(frame, by)
-        lines = [f"Reviewed **{int(frame['human_keep'].notna().sum())}** pairs; estimates by {by.replace('_', ' ')} "
-                 "band with 95% intervals ([how](docs/review.md))."]
-        suggested = review.choose_threshold(frame, float(target_precision), by)
-        if suggested is None:
-            lines.append(f"No threshold reaches {float(target_precision):.0%} precision with 95% confidence yet: "
-                         "review more pairs or lower the target.")
-        else:
-            p, r = suggested.precision, suggested.recall
-            target = f"{float(target_precision):.0%}"
-            lines.append(f"**Suggested threshold {suggested.threshold:g}** for {target} precision: "
-                         f"keeps {suggested.kept:,} of {suggested.population:,} · precision {p.estimate:.1%} "
-                         f"({p.low:.1%}–{p.high:.1%}) · recall {r.estimate:.1%} ({r.low:.1%}–{r.high:.1%}) · "
-                         f"P(precision ≥ {target}) ≈ {suggested.confidence:.0%}")
-        agreement = review.reviewer_agreement(frame)
-        if agreement.items:
-            lines.append(f"Reviewers agree on {agreement.agreement:.0%} of the {agreement.items} pairs both reviewed "
-                         f"(Cohen's kappa {agreement.kappa.estimate:.2f}, 95% interval {agreement.kappa.low:.2f}–"
-                         f"{agreement.kappa.high:.2f}); decisions per reviewer: "
-                         + ", ".join(f"{name} {count}" for name, count in agreement.per_reviewer.items()))
-        calibration_long = pd.concat([
-            pd.DataFrame({"x": calibration["low_edge"], "value": calibration[column], "series": label})
-            for column, label in (("keep_rate", "human keep rate"), ("low", "95% low"), ("high", "95% high"))
-        ], ignore_index=True)
-        curves_long = pd.concat([
-            pd.DataFrame({"x": part["threshold"], "value": part[column], "series": f"{metric}{suffix}"})
-            for metric, part in curve.groupby("metric")
-            for column, suffix in (("estimate", ""), ("low", " 95% low"), ("high", " 95% high"))
-        ], ignore_index=True) if len(curve) else empty
-        return "\n\n".join(lines), calibration_long, curves_long, suggested.threshold if suggested else None
+        return Estimates(
+            reviewed=int(frame["human_keep"].notna().sum()), by=by, target_precision=float(target_precision),
+            calibration=review.calibration_curve(frame, by), curve=review.precision_recall_curve(frame, by),
+            suggested=review.choose_threshold(frame, float(target_precision), by),
+            agreement=review.reviewer_agreement(frame),
+        )
 
     # --- export -------------------------------------------------------------------------------------------
 
     def export(self, fmt: str, threshold: float) -> Exported:
-        from backtrans.export import SUFFIXES, RowWriter
+        from backtrans.export import SUFFIXES as EXPORT_SUFFIXES
+        from backtrans.export import RowWriter
 
-        if self.bench is None or not len(self.bench):
-            return Exported(None, 0, "Nothing to export yet.")
-        if fmt not in SUFFIXES:
-            return Exported(None, 0, f"Unknown format {fmt[:20]!r}.")
+        workbench = self.workbench
+        if workbench is None or not len(workbench):
+            raise SessionError("Nothing to export yet.")
+        if fmt not in EXPORT_SUFFIXES:
+            raise SessionError(f"Unknown format {fmt[:20]!r}.")
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.source_label or "data").stem).strip("-") or "data"
         name = f"{stem}-curated-{datetime.date.today().isoformat()}{'-chat' if fmt == 'chat' else ''}"
         folder = self.folder / "exports" / hashlib.sha256(f"{time.time_ns()}".encode()).hexdigest()[:12]
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}{SUFFIXES[fmt]}"
-        rows = self.bench.rows_for_export(float(threshold))
+        path = folder / f"{name}{EXPORT_SUFFIXES[fmt]}"
+        rows = workbench.rows_for_export(float(threshold))
         with RowWriter(path, fmt) as writer:
             for row in rows:
                 writer.write(row)
-        return Exported(str(path), len(rows), f"**{len(rows)}** of {len(self.bench)} pairs in `{path.name}`.")
+        return Exported(str(path), len(rows), len(workbench))
 
-    def export_to_hub(self, repo: str, threshold: float, token: str | None = None) -> str:
+    def export_to_hub(self, repo: str, threshold: float, token: str | None = None) -> tuple[int, str]:
+        """Push the curated set to the owner's own dataset repo: (pairs pushed, the repo's URL)."""
         from backtrans.export import push_to_hub
 
         try:
             repo = check_hub_id(repo)
         except OwnershipError as exc:
-            return str(exc)
-        exported = self.export("jsonl", threshold)
-        if exported.path is None:
-            return "Judge some data first."
+            raise SessionError(str(exc)) from None
         token = token or (None if on_space() else os.environ.get("HF_TOKEN"))
+        if self.workbench is None or not len(self.workbench):
+            raise SessionError("Judge some data first.")
         if not token:
-            return "Sign in with Hugging Face to push to your own dataset repo."
+            raise SessionError("Sign in with Hugging Face to push to your own dataset repo.")
+        exported = self.export("jsonl", threshold)
         try:
-            return f"Pushed {exported.rows} pairs to {push_to_hub(exported.path, repo, token=token)}"
+            return exported.rows, push_to_hub(exported.path, repo, token=token)
         except Exception as exc:  # no network, no token, a refused repo: say so in the page
-            return f"**Push to the Hub failed.** {redact(str(exc), token)}"
+            raise SessionError(f"Push to the Hub failed: {redact(str(exc), token)}") from None
 
 
-def _mapping(instruction_column: str | None, generation_column: str | None) -> dict[str, str]:
+def column_mapping(instruction_column: str | None, generation_column: str | None) -> dict[str, str]:
+    """The upload's chosen columns -> ours (a response column of "(none)" or empty maps nothing)."""
     mapping = {}
     if instruction_column:
         mapping[instruction_column] = "instruction"
@@ -743,4 +657,4 @@ def _mapping(instruction_column: str | None, generation_column: str | None) -> d
     return mapping
 
 
-__all__ = ["LimitError", "NoSuchRun", "Session", "SessionError", "Workspace"]
+__all__ = ["LimitError", "LoadError", "NoSuchRun", "Session", "SessionError", "Workspace"]

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from backtrans.decisions import PAPER_LEVELS
 from backtrans.run_config import RunConfig
 
 SCHEMA = """
@@ -275,15 +276,15 @@ class RunStore:
 
     def summary(self, run_id: str) -> dict:
         """Rows finished in a run, by status, and how many the paper's A4 (>= 4) and A5 (5) keep."""
-        counts = {"rows": 0, "ok": 0, "parse_error": 0, "A4": 0, "A5": 0}
+        counts = {"rows": 0, "ok": 0, "parse_error": 0, **dict.fromkeys(PAPER_LEVELS, 0)}
         query = "SELECT r.status, r.result FROM run_rows rr JOIN results r ON r.key = rr.key WHERE rr.run_id = ?"
         for status, result in self.db.execute(query, (run_id,)):
             counts["rows"] += 1
             counts[status] = counts.get(status, 0) + 1
             score = json.loads(result).get("score")
             if isinstance(score, (int, float)):
-                counts["A4"] += score >= 4
-                counts["A5"] += score >= 5
+                for name, level in PAPER_LEVELS.items():
+                    counts[name] += score >= level
         return counts
 
     def usage(self, run_id: str | None = None) -> dict:

@@ -21,6 +21,8 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from backtrans.run_config import KINDS
+
 
 def _bundled_prompts() -> Path:
     """Where the bundled templates are: installed as package data (backtrans/prompts, mapped in from the
@@ -32,7 +34,16 @@ def _bundled_prompts() -> Path:
 
 
 PROMPTS_DIR = Path(os.environ.get("BACKTRANS_PROMPTS_DIR") or _bundled_prompts())
-DEFAULT_JUDGE_TEMPLATE = "humpback"
+# The bundled template each kind of job starts with; BACKTRANS_TEMPLATE names another for the judge.
+DEFAULT_TEMPLATES = {"judge": "humpback", "generate": "generate-response", "augment": "backward-instruction"}
+DEFAULT_JUDGE_TEMPLATE = DEFAULT_TEMPLATES["judge"]
+
+
+def default_template(kind: str = "judge") -> str:
+    """The template a job of this kind uses when none is named: the one place BACKTRANS_TEMPLATE is read
+    (`local env` sets it to the template the packaged judge was chosen with)."""
+    stated = os.environ.get("BACKTRANS_TEMPLATE", "").strip() if kind == "judge" else ""
+    return stated or DEFAULT_TEMPLATES[kind]
 
 _HEADER = re.compile(r"\A\{#-?(.*?)-?#\}", re.DOTALL)
 
@@ -110,7 +121,8 @@ def render_source(source: str, name: str, values: dict) -> str:
 # The header's settings and how each is read; anything else is refused, so a typo ("temprature") is an
 # error instead of a silently ignored setting.
 _TRUTHY, _FALSY = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_KINDS = ("judge", "generate", "backward")
+_KINDS = KINDS
+_OLDER_KIND_WORDS = {"backward": "augment"}  # templates written before the kinds had one word each
 
 
 def _boolean(value: str) -> bool:
@@ -120,6 +132,7 @@ def _boolean(value: str) -> bool:
 
 
 def _kind(value: str) -> str:
+    value = _OLDER_KIND_WORDS.get(value, value)
     if value not in _KINDS:
         raise ValueError(f"expected one of {', '.join(_KINDS)}, got {value!r}")
     return value

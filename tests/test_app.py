@@ -229,3 +229,33 @@ def test_signed_in_users_are_isolated_and_judge_with_their_own_token(fake_proces
             hub.stop()
     logs = "".join((data_dir / "app.log").read_text(errors="replace") for _ in [0])
     assert "mock-oauth-token-for-local-dev" not in logs and "hf_machine_token_123" not in logs
+
+
+def test_a_record_renders_inert_every_dataset_and_model_text_escaped():
+    page = app.render_record({"row": 1, "instruction": "<b>x</b>", "generation": "<script>1</script>",
+                              "reason": "fish & chips", "raw_output": "<i>raw</i>", "score": 3, "status": "ok"})
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page and "&lt;script&gt;" in page
+    assert "fish &amp; chips" in page and "&lt;i&gt;raw&lt;/i&gt;" in page and "<i>" not in page
+
+
+def _sample_session(tmp_path):
+    from backtrans.workspace import Workspace
+
+    session = Workspace(tmp_path / "w").session(app.owner_for(None, None))
+    session.load_sample()
+    for index in range(len(session.workbench)):
+        score = 1 + index % 5
+        session.workbench.set_result(index, {"score": score, "expected_score": score - 0.45 + (index % 3) * 0.1,
+                                             "reason": "r " * 150, "status": "ok"})
+    return session
+
+
+def test_the_review_page_shortens_texts_and_its_green_bars_count_the_kept_pairs(tmp_path):
+    session = _sample_session(tmp_path)
+    session.set_keep_by("expected_score")
+    for threshold in (3.8, 3.5, 4.0, 2.25):
+        table, info, plot, summary = app.render_review(session.review(app.Filters(), threshold))
+        kept = int(plot.loc[plot["side"] == "kept", "pairs"].sum())
+        assert f"kept at ≥{threshold:g}: **{kept}** of 30" in summary, (threshold, summary)
+        assert list(table.columns[:4]) == ["row", "verdict", "judge", "score"] and "expected score" in table
+        assert table["reason"].str.len().max() == app.PREVIEW_CHARS + 1 and info.startswith("Page 1 of 1")

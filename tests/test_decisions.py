@@ -37,29 +37,37 @@ def test_keep_by_expected_score():
         judge_keeps(row, 4, "score ")
 
 
-CASES = [  # (score, expected_score, human_keep, override)
-    (5, 4.6, None, None), (3, 3.9, None, None), (4, 3.2, None, None), (None, None, None, None),
-    (2, 2.1, True, None), (5, 4.9, False, None), (1, 1.0, None, True), (5, 5.0, True, False),
-    (None, None, False, None), (4, None, None, None),
+CASES = [  # (score, expected_score, human_keep, override, recorded final_keep)
+    (5, 4.6, None, None, None), (3, 3.9, None, None, None), (4, 3.2, None, None, None),
+    (None, None, None, None, None), (2, 2.1, True, None, None), (5, 4.9, False, None, None),
+    (1, 1.0, None, True, None), (5, 5.0, True, False, None), (None, None, False, None, None),
+    (4, None, None, None, None),
+    # a file's recorded decision, made at another threshold: the table on screen decides afresh
+    (1, 1.2, None, None, True), (5, 4.8, None, None, False), (2, 2.0, True, None, False), (3, 3.0, None, False, True),
 ]
 
 
 @pytest.mark.parametrize("by", ["score", "expected_score"])
 @pytest.mark.parametrize("threshold", [3.5, 4])
-def test_the_table_rule_is_the_row_rule(by, threshold):
+def test_the_table_rule_is_the_row_rule_deciding_afresh(by, threshold):
     # Two spellings of one rule (per row for streams, per column for the 100k-row review table) must agree.
-    frame = pd.DataFrame([{"row": i, "score": s, "expected_score": e, "human_keep": h}
-                          for i, (s, e, h, _) in enumerate(CASES)])
-    frame["human_keep"] = frame["human_keep"].astype("object").where(frame["human_keep"].notna(), None)
-    overrides = {i: o for i, (*_, o) in enumerate(CASES) if o is not None}
+    frame = pd.DataFrame([{"row": i, "score": s, "expected_score": e, "human_keep": h, "final_keep": f}
+                          for i, (s, e, h, _, f) in enumerate(CASES)])
+    for column in ("human_keep", "final_keep"):
+        frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
+    overrides = {i: o for i, (*_, o, _) in enumerate(CASES) if o is not None}
     decided = decide_frame(frame, threshold, by, overrides)
-    for i, (score, expected, human, override) in enumerate(CASES):
-        row = {"score": score, "expected_score": expected, "human_keep": human}
-        assert bool(decided.loc[i, "final_keep"]) == final_keep(row, threshold, by, override=override), i
+    differs = 0
+    for i, (score, expected, human, override, recorded) in enumerate(CASES):
+        row = {"score": score, "expected_score": expected, "human_keep": human, "final_keep": recorded}
+        afresh = final_keep(row, threshold, by, override=override, afresh=True)
+        assert bool(decided.loc[i, "final_keep"]) == afresh, i
+        differs += final_keep(row, threshold, by, override=override) != afresh
         judge = judge_keeps(row, threshold, by)
         assert (None if missing(decided.loc[i, "judge_keep"]) else bool(decided.loc[i, "judge_keep"])) == judge, i
         who = "you" if override is not None else "reviewer" if human is not None else "judge"
         assert decided.loc[i, "decided_by"] == who, i
+    assert differs == 2  # only where a recorded decision and no person's stand: rows 10 and 11
 
 
 def test_overrides_follow_the_row_not_the_position():

@@ -19,7 +19,8 @@ from backtrans import local
 from backtrans.limits import Limits
 from backtrans.owners import owner_for
 from backtrans.records import RecordsError, load_records
-from backtrans.session import SessionError, Workspace
+from backtrans.session import SessionError
+from backtrans.workspace import Workspace
 from tests.conftest import JUDGE, ROOT, AppServer, results_in, upload, write_jsonl
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -176,13 +177,14 @@ def test_broken_files_give_clear_errors_in_the_cli_the_app_and_the_dataset_path(
         session = Workspace(tmp_path / "app", Limits()).session(owner_for(None, None))
         try:
             session.inspect_upload(str(path), name)
-            message = session.load_upload("instruction", "generation").message
+            loaded = session.load_upload("instruction", "generation")
         except SessionError as exc:
             message = str(exc)
-        if name == "empty_text.csv":  # the app takes instruction-only rows: step 2 writes their responses
-            assert "1 have no response yet" in message
+        else:
+            assert name == "empty_text.csv", name  # the app takes instruction-only rows: step 2 writes them
+            assert loaded.without_response == 1
             continue
-        assert session.bench is None and expect in message and "Traceback" not in message, (name, message)
+        assert session.workbench is None and expect in message and "Traceback" not in message, (name, message)
     folder = tmp_path / "dataset-folder"
     folder.mkdir()
     (folder / "train.jsonl").write_bytes(broken["broken_line.jsonl"][0].read_bytes())

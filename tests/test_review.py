@@ -109,8 +109,6 @@ def test_no_reviews_give_no_estimate_and_curves_have_intervals():
     lines = review.precision_recall_curve(done)
     assert set(lines["metric"]) == {"precision", "recall"}
     assert ((lines["low"] <= lines["estimate"]) & (lines["estimate"] <= lines["high"])).all()
-    table7 = review.judge_vs_humans(done)
-    assert [r.threshold for r in table7] == [4, 5] and table7[0].kept >= table7[1].kept
 
 
 def test_reviewer_agreement_on_the_overlap():

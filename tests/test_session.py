@@ -10,11 +10,13 @@ import pytest
 
 from backtrans import backends
 from backtrans.augment import FilterSettings
-from backtrans.curate import STATUSES, Filters
 from backtrans.limits import JobGate, LimitError, Limits
 from backtrans.owners import owner_for
-from backtrans.session import NoSuchRun, Session, SessionError, Workspace
+from backtrans.review_table import STATUSES, Filters
+from backtrans.session import LoadError, NoSuchRun, Session, SessionError
 from backtrans.store import RunStore
+from backtrans.templates import TemplateError
+from backtrans.workspace import Workspace
 from tests.conftest import write_jsonl
 
 ALL = Filters(0, 10, STATUSES, "", "input order")
@@ -51,14 +53,18 @@ def test_bad_upload_names_the_file_the_user_knows_with_line_and_column(workspace
     with pytest.raises(SessionError) as error:
         session.inspect_upload(str(bad), "my data.jsonl")
     assert "my data.jsonl:2:1: invalid JSON" in str(error.value)
-    assert session.pending_upload is None and not session.load_upload("instruction", "generation").ok
+    assert session.pending_upload is None
+    with pytest.raises(LoadError, match="Upload a JSONL"):
+        session.load_upload("instruction", "generation")
     late = tmp_path / "late.jsonl"  # past the preview: the full validation names it
     late.write_text("".join(f'{{"instruction": "q{i}", "generation": "a"}}\n' for i in range(8))
                     + '{"instruction": "q", "generation": }\n')
     session.inspect_upload(str(late), "late data.jsonl")
-    loaded = session.load_upload("instruction", "generation")
-    assert not loaded.ok and session.bench is None
-    assert "late data.jsonl:9:" in loaded.message, loaded.message
+    with pytest.raises(LoadError) as error:
+        session.load_upload("instruction", "generation")
+    assert session.workbench is None
+    assert "late data.jsonl:9:" in str(error.value) and "invalid JSON" in str(error.value), error.value
+    assert "upload-cache-name" not in str(error.value) and ".jsonl:9" in str(error.value)
 
 
 def test_upload_guesses_the_mapping_and_keeps_the_original_name(workspace, tmp_path):
@@ -69,9 +75,10 @@ def test_upload_guesses_the_mapping_and_keeps_the_original_name(workspace, tmp_p
     kept = session.pending_upload[0]
     assert kept != str(src) and os.path.exists(kept) and str(session.folder) in kept  # the owner's own copy
     loaded = session.load_upload("ask", "alt")
-    assert loaded.ok and "odd pairs.jsonl" in loaded.message
-    assert session.bench.frame.iloc[0]["generation"] == "b1"
-    assert not session.load_upload(None, None).ok
+    assert (loaded.label, loaded.rows, loaded.without_response) == ("odd pairs.jsonl", 1, 0)
+    assert session.workbench.frame.iloc[0]["generation"] == "b1"
+    with pytest.raises(LoadError, match="missing column 'instruction'"):
+        session.load_upload(None, None)
 
 
 def test_an_upload_of_an_unknown_type_or_too_large_is_refused(tmp_path):
@@ -88,18 +95,18 @@ def test_an_upload_of_an_unknown_type_or_too_large_is_refused(tmp_path):
 
 def test_sample_is_scored_with_score_and_reason_and_a_done_line(workspace, fake_llm):
     session = _session(workspace)
-    assert session.load_sample().ok and len(session.bench) == 30
+    assert session.load_sample().rows == 30 and len(session.workbench) == 30
     updates = _judge(session, fake_llm)
-    assert updates[-1].done and updates[-1].message.startswith("**Done:** 30 rows in ")
-    assert "rows/s" in updates[0].message and "/30 rows" in updates[0].message
+    final = updates[-1]
+    assert final.done and final.error is None and final.progress.done == final.progress.ok == 30
+    assert all(u.progress.total == 30 for u in updates) and not any(u.done for u in updates[:-1])
     view = session.review(ALL, 4)
-    assert list(view.table.columns[:4]) == ["row", "verdict", "judge", "score"]
-    assert view.table["score"].notna().all() and view.table["reason"].str.len().gt(0).all()
-    assert fake_llm.requests == 30 and int(view.histogram["pairs"].sum()) == 30
-    kept = int((session.bench.frame["score"] >= 4).sum())
-    assert f"Measure: **score** · kept at ≥4: **{kept}** of 30" in view.summary
-    assert set(view.histogram.loc[view.histogram["bin"].astype(float) >= 4, "side"]) == {"kept"}
-    assert set(view.histogram.loc[view.histogram["bin"].astype(float) < 4, "side"]) == {"discarded"}
+    assert view.rows["score"].notna().all() and view.rows["reason"].str.len().gt(0).all()
+    assert fake_llm.requests == 30 and sum(b.kept + b.discarded for b in view.bins) == 30
+    kept = int((session.workbench.frame["score"] >= 4).sum())
+    assert (view.measure, view.threshold, view.kept, view.total, view.scored) == ("score", 4, kept, 30, 30)
+    assert view.levels["A4"] == kept and not view.has_expected
+    assert all(b.discarded == 0 for b in view.bins if b.low >= 4) and all(b.kept == 0 for b in view.bins if b.low < 4)
 
 
 def test_the_api_key_is_sent_but_never_shown(workspace, fake_llm):
@@ -110,8 +117,8 @@ def test_the_api_key_is_sent_but_never_shown(workspace, fake_llm):
     choice = _choice(fake_llm, key=secret)
     choice.settings.max_retries = 0  # every call fails at once: the error text is what is checked
     updates = _drain(session.judge(session.resolve_template("humpback"), choice, every_s=0))
-    assert "30 LLM errors" in updates[-1].message
-    shown = json.dumps([u.message for u in updates]) + session.bench.frame.to_json()
+    assert updates[-1].progress.llm_error == 30
+    shown = json.dumps([str(vars(u)) for u in updates]) + session.workbench.frame.to_json()
     assert secret not in shown and fake_llm.api_keys[secret] >= 1
 
 
@@ -119,20 +126,23 @@ def test_review_filters_sort_and_an_override_follows_the_row(workspace, fake_llm
     session = _session(workspace)
     session.load_sample()
     _judge(session, fake_llm)
-    table = session.review(Filters(5, 5, ("ok",), "", "input order"), 4).table
+    table = session.review(Filters(5, 5, ("ok",), "", "input order"), 4).rows
     assert set(table["score"]) == {5}
-    table = session.review(Filters(0, 10, STATUSES, "capital", "input order"), 4).table
+    table = session.review(Filters(0, 10, STATUSES, "capital", "input order"), 4).rows
     assert list(table["instruction"]) == ["What is the capital of Australia?"]
-    low = int(session.review(Filters(0, 10, STATUSES, "", "score, low first"), 4).table.iloc[0]["row"])
+    low = int(session.review(Filters(0, 10, STATUSES, "", "score, low first"), 4).rows.iloc[0]["row"])
     assert session.override(True) is False  # nothing selected: nothing recorded
-    assert "Verdict: discard</b>, decided by the judge" in session.select(low)
+    selected = session.select(low)
+    assert (bool(selected["final_keep"]), selected["decided_by"]) == (False, "judge")
     assert session.override(True)
-    assert "Verdict: keep</b>, decided by you (override) · the judge says discard" in session.select(low)
+    selected = session.select(low)
+    assert (bool(selected["final_keep"]), selected["decided_by"], bool(selected["judge_keep"])) == (True, "you", False)
     view = session.review(ALL, 4)
-    assert view.table.set_index("row").loc[low, "verdict"] == "keep (you)" and "1 overrides" in view.summary
+    row = view.rows.set_index("row").loc[low]
+    assert (bool(row["final_keep"]), row["decided_by"], view.overrides) == (True, "you", 1)
     exported = session.export("jsonl", 4)
     kept = {json.loads(line)["instruction"] for line in open(exported.path)}
-    assert session.bench.frame.iloc[low]["instruction"] in kept
+    assert session.workbench.frame.iloc[low]["instruction"] in kept
 
 
 def test_loading_other_data_clears_the_selection_and_the_overrides(workspace, fake_llm, tmp_path):
@@ -143,29 +153,32 @@ def test_loading_other_data_clears_the_selection_and_the_overrides(workspace, fa
     src = write_jsonl(tmp_path / "five.jsonl", [{"instruction": f"q{i}", "generation": f"a{i}"} for i in range(5)])
     session.inspect_upload(str(src), "five.jsonl")
     session.load_upload("instruction", "generation")
-    assert session.selected_row is None and session.bench.overrides == {}
+    assert session.selected_row is None and session.workbench.overrides == {}
     assert session.override(True) is False
-    assert "overrides" not in session.review(ALL, 4).summary
+    assert session.review(ALL, 4).overrides == 0
 
 
 def test_generate_fills_missing_responses_then_judge(workspace, fake_llm, tmp_path):
     src = write_jsonl(tmp_path / "instructions.jsonl", [{"instruction": "Name a colour."}, {"instruction": "Hi?"}])
     session = _session(workspace)
     session.inspect_upload(str(src), "instructions.jsonl")
-    assert "2 have no response yet" in session.load_upload("instruction", None).message
-    assert "run **Generate** first" in _judge(session, fake_llm)[-1].message and fake_llm.requests == 0
+    assert session.load_upload("instruction", None).without_response == 2
+    with pytest.raises(SessionError, match="2 rows have no response: run Generate first"):
+        _judge(session, fake_llm)
+    assert fake_llm.requests == 0
     updates = _drain(session.generate(_choice(fake_llm), every_s=0))
-    assert session.bench.frame["generation"].notna().all() and "**Done:** 2 rows" in updates[-1].message
+    assert session.workbench.frame["generation"].notna().all() and updates[-1].progress.ok == 2
     _judge(session, fake_llm)
-    assert session.bench.frame["score"].notna().all()
+    assert session.workbench.frame["score"].notna().all()
 
 
 def test_custom_template_preview_and_sandbox(workspace, fake_llm):
     session = _session(workspace)
     session.load_sample()
-    first = session.bench.frame.iloc[0]["instruction"]
+    first = session.workbench.frame.iloc[0]["instruction"]
     assert session.preview_prompt("custom", "Q: {{ instruction }}") == f"Q: {first}"
-    assert "refused by the sandbox" in session.preview_prompt("custom", "{{ ''.__class__.__mro__ }}")
+    with pytest.raises(TemplateError, match="refused by the sandbox"):
+        session.preview_prompt("custom", "{{ ''.__class__.__mro__ }}")
 
 
 def test_resume_an_earlier_run_of_ones_own(workspace, fake_llm, tmp_path):
@@ -182,7 +195,7 @@ def test_resume_an_earlier_run_of_ones_own(workspace, fake_llm, tmp_path):
     assert resumed.template == "additive" and resumed.base_url == fake_llm.url and resumed.backend == "custom"
     before = fake_llm.requests
     final = _judge(again, fake_llm, template="additive")[-1]
-    assert fake_llm.requests == before and "6 from the store" in final.message
+    assert fake_llm.requests == before and final.progress.cached == 6
 
 
 def test_another_owners_run_reads_exactly_as_a_made_up_one(workspace, fake_llm):
@@ -196,7 +209,7 @@ def test_another_owners_run_reads_exactly_as_a_made_up_one(workspace, fake_llm):
     with pytest.raises(NoSuchRun) as made_up:
         bob.resume("20260101-000000-000000000000")
     assert str(theirs.value) == str(made_up.value) == "No such run."
-    assert bob.bench is None
+    assert bob.workbench is None
 
 
 def test_a_cache_hit_from_another_owner_reveals_nothing_of_theirs(workspace, fake_llm, tmp_path):
@@ -209,8 +222,8 @@ def test_a_cache_hit_from_another_owner_reveals_nothing_of_theirs(workspace, fak
     bob.load_upload("instruction", "generation")
     before = fake_llm.requests
     final = _judge(bob, fake_llm)[-1]
-    assert fake_llm.requests == before and "1 from the store" in final.message  # the call was saved
-    shown = json.dumps([r.describe() for r in bob.runs()]) + bob.bench.frame.to_json() + final.message
+    assert fake_llm.requests == before and final.progress.cached == 1  # the call was saved
+    shown = json.dumps([vars(r) for r in bob.runs()]) + bob.workbench.frame.to_json()
     assert "alice" not in shown and alice.runs()[0].run_id not in shown
 
 
@@ -222,8 +235,8 @@ def test_delete_my_data_removes_runs_uploads_and_exports_of_that_owner_only(work
         session.load_upload("instruction", "generation")
         _judge(session, fake_llm)
         assert session.export("csv", 0).rows == 1
-    message = alice.delete_my_data()
-    assert "1 runs" in message and not alice.folder.exists() and alice.runs() == [] and alice.bench is None
+    assert alice.delete_my_data() == 1
+    assert not alice.folder.exists() and alice.runs() == [] and alice.workbench is None
     assert len(bob.runs()) == 1 and bob.folder.exists()
     store = RunStore(workspace.store_path)
     remaining = [row[0] for row in store.db.execute("SELECT run_id FROM results")]
@@ -275,13 +288,14 @@ def test_hub_ids_are_checked_and_never_read_as_paths(workspace, tmp_path, monkey
     session = _session(workspace)
     for bad in ("/etc/passwd", "../../etc/passwd", "a/../../b", str(workspace.data_dir), "a/b/c", "..", "x/..",
                 "~/x", "C:\\x\\y"):
-        loaded = session.load_hub(bad)
-        assert not loaded.ok and "not a Hugging Face dataset id" in loaded.message, bad
+        with pytest.raises(LoadError, match="not a Hugging Face dataset id"):
+            session.load_hub(bad)
     (tmp_path / "owner" / "name").mkdir(parents=True)
     write_jsonl(tmp_path / "owner" / "name" / "train.jsonl", [{"instruction": "local", "generation": "file"}])
     monkeypatch.chdir(tmp_path)
-    loaded = session.load_hub("owner/name")  # a folder of that name next to the app is not the Hub
-    assert not loaded.ok and session.bench is None and "local" not in loaded.message
+    with pytest.raises(LoadError) as error:  # a folder of that name next to the app is not the Hub
+        session.load_hub("owner/name")
+    assert session.workbench is None and "local" not in str(error.value) and "not found" in str(error.value)
 
 
 def test_local_files_mode_is_confined_to_its_folder(tmp_path):
@@ -291,12 +305,14 @@ def test_local_files_mode_is_confined_to_its_folder(tmp_path):
     outside = write_jsonl(tmp_path / "secret.jsonl", [{"instruction": "secret", "generation": "s"}])
     (root / "link.jsonl").symlink_to(outside)
     off = _session(Workspace(tmp_path / "d1", Limits()))
-    assert "off in this app" in off.load_local("ok.jsonl").message
+    with pytest.raises(LoadError, match="off in this app"):
+        off.load_local("ok.jsonl")
     session = _session(Workspace(tmp_path / "d2", Limits(), local_files_dir=root))
-    assert session.load_local("ok.jsonl").ok
+    assert session.load_local("ok.jsonl").rows == 1
     for bad in ("../secret.jsonl", str(outside), "link.jsonl", "/etc/passwd"):
-        loaded = session.load_local(bad)
-        assert not loaded.ok and "secret" not in session.bench.frame.to_json(), bad
+        with pytest.raises(LoadError):
+            session.load_local(bad)
+        assert "secret" not in session.workbench.frame.to_json(), bad
 
 
 def test_documents_to_candidates(workspace, fake_llm, tmp_path):
@@ -306,9 +322,9 @@ def test_documents_to_candidates(workspace, fake_llm, tmp_path):
     session = _session(workspace)
     updates = _drain(session.augment([(str(doc), "guide.md")], None, FilterSettings(100, 6000), _choice(fake_llm),
                                      every_s=0))
-    assert len(session.bench) == 1 and "header caps 1" in updates[-1].message and "**Done:** 1 rows" in \
-        updates[-1].message
-    row = session.bench.frame.iloc[0]
+    assert len(session.workbench) == 1 and updates[-1].done and updates[-1].progress.ok == 1
+    assert updates[-1].filters.removed.get("header_caps") == 1 and updates[-1].filters.kept == 1
+    row = session.workbench.frame.iloc[0]
     assert row["instruction"] and row["source"] == "guide.md" and row["origin"] == "augmented"
     _judge(session, fake_llm)
     chat = json.loads(open(session.export("chat", 0).path).readline())
@@ -319,13 +335,12 @@ def test_export_formats_count_and_name(workspace, fake_llm):
     session = _session(workspace)
     session.load_sample()
     _judge(session, fake_llm)
-    kept = int((session.bench.frame["score"] >= 4).sum())
+    kept = int((session.workbench.frame["score"] >= 4).sum())
     for fmt in ("jsonl", "chat", "csv", "parquet"):
         exported = session.export(fmt, 4)
         reader = {"parquet": pd.read_parquet, "csv": pd.read_csv}.get(fmt)
         count = len(reader(exported.path)) if reader else len(open(exported.path).read().splitlines())
-        assert count == exported.rows == kept, fmt
-        assert f"**{kept}** of 30 pairs" in exported.message
+        assert count == exported.rows == kept and exported.total == 30, fmt
         assert os.path.basename(exported.path).startswith("sample_pairs-curated-") or \
             os.path.basename(exported.path).startswith("the-bundled-sample-curated-")
     chat = json.loads(open(session.export("chat", 4).path).readline())
@@ -372,11 +387,12 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     session.inspect_upload(str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "pairs.jsonl")
     session.load_upload("instruction", "generation")
     _judge(session, fake_llm)
-    description, makeup = session.plan_review(40, threshold=4, seed=1, overlap_share=0.25)
-    assert int(makeup["to review"].sum()) == 40 and set(makeup["band"]) == {f"score {s}" for s in range(1, 6)}
-    assert "10 of them go to two reviewers" in description
+    plan = session.review_plan(40, threshold=4, seed=1, overlap_share=0.25)
+    assert sum(int(b["planned"]) for b in plan.bands.values()) == 40 and plan.overlap == 10
+    assert set(plan.bands) == {f"score {s}" for s in range(1, 6)}
     pushed = session.argilla_push("plan-review", "backtrans", 4)
-    assert "Pushed **40** records of the review plan" in pushed and "plan-review-overlap" in pushed
+    assert sum(r.pushed for r in pushed) == 40
+    assert [r.dataset for r in pushed] == ["plan-review", "plan-review-overlap"]
 
     client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
     once, twice = (client.datasets(name=name, workspace="backtrans") for name in ("plan-review", "plan-review-overlap"))
@@ -384,7 +400,7 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     assert once.settings.distribution.min_submitted == 1 and twice.settings.distribution.min_submitted == 2
     records = list(once.records()) + list(twice.records())
     assert len(records) == 40 and len(list(twice.records())) == 10
-    planned, _ = session.review_plan
+    planned, _ = session.planned_review
     server_ids = {str(r.id): r._server_id for r in records}
     first, second = Annotator(argilla_stack, "plan-ann"), Annotator(argilla_stack, "plan-bob")
     for row in planned.to_dict("records"):
@@ -392,14 +408,14 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
         first.respond(server_ids[argilla_sync.record_id(row)], "keep" if good else "discard")
         if row["overlap"]:
             second.respond(server_ids[argilla_sync.record_id(row)], "keep" if good or row["score"] == 2 else "discard")
-    message, _, _, _ = session.argilla_pull("plan-review", "backtrans", "any-discard", 4)
-    assert "Pulled **40** records: **40** with a reviewer's decision, from 2 reviewers" in message
-    assert "plan-ann" in message and "plan-bob" in message
-    text, calibration, curves, suggested = session.review_estimates(0.8)
-    assert "Reviewed **40** pairs" in text and "Cohen's kappa" in text
-    assert {"human keep rate", "95% low", "95% high"} == set(calibration["series"])
-    assert {"precision", "precision 95% low", "recall"} <= set(curves["series"])
-    assert suggested is not None and suggested >= 3
+    pulled = session.argilla_pull("plan-review", "backtrans", "any-discard", 4)
+    assert (pulled.summary["records"], pulled.summary["decisions"]) == (40, 40)
+    assert sorted(pulled.summary["reviewers"]) == ["plan-ann", "plan-bob"]
+    estimates = session.review_estimate(0.8)
+    assert estimates.reviewed == 40 and estimates.agreement.items == 10
+    assert (estimates.calibration["low"] <= estimates.calibration["keep_rate"]).all()
+    assert {"precision", "recall"} == set(estimates.curve["metric"])
+    assert estimates.suggested is not None and estimates.suggested.threshold >= 3
 
 
 def test_a_custom_template_s_scale_and_guidelines_reach_argilla(workspace, fake_llm, tmp_path, argilla_stack,
@@ -419,11 +435,29 @@ def test_a_custom_template_s_scale_and_guidelines_reach_argilla(workspace, fake_
               "{{ instruction }}\n{{ generation }}")
     template = session.resolve_template("custom", custom)
     _drain(session.judge(template, _choice(fake_llm)))
-    assert list(session.bench.frame["score"]) == [1, 3, 5, 7, 9]
-    assert "Pushed **5** records" in session.argilla_push("ten-point", "backtrans", 6)
+    assert list(session.workbench.frame["score"]) == [1, 3, 5, 7, 9]
+    assert sum(r.pushed for r in session.argilla_push("ten-point", "backtrans", 6)) == 5
     dataset = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key).datasets(
         name="ten-point", workspace="backtrans")
     assert list(dataset.settings.questions["score"].values) == list(range(1, 11))
     assert "ten-point house rubric" in dataset.settings.guidelines
     keep = {int(r.metadata["llm_score"]): r.suggestions["keep"].value for r in dataset.records(with_suggestions=True)}
     assert keep == {1: "discard", 3: "discard", 5: "discard", 7: "keep", 9: "keep"}
+
+
+def test_resuming_an_upload_mapped_by_hand_maps_its_columns_again(workspace, fake_llm, tmp_path):
+    # Once the app recorded no mapping: the resume answered "missing column 'instruction'" with a CLI hint.
+    src = tmp_path / "cache-name.csv"
+    src.write_text("row_no,user_text,bot_text\n" + "".join(f"{i},question {i},answer {i}\n" for i in range(4)))
+    session = _session(workspace, "mapper")
+    found = session.inspect_upload(str(src), "mine.csv")
+    assert found.instruction_column is None  # nothing to guess: the user maps by hand
+    session.load_upload("user_text", "bot_text")
+    _judge(session, fake_llm)
+    before = fake_llm.requests
+    again = _session(workspace, "mapper")
+    resumed = again.resume(again.runs()[0].run_id)
+    assert (resumed.loaded.label, resumed.loaded.rows) == ("mine.csv", 4)
+    assert list(again.workbench.frame["instruction"]) == [f"question {i}" for i in range(4)]
+    final = _judge(again, fake_llm)[-1]
+    assert fake_llm.requests == before and final.progress.cached == 4

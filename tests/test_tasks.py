@@ -20,14 +20,14 @@ def _tasks(settings: LLMSettings) -> dict[str, PromptTask]:
     return {
         "judge": JudgeTask(load_template("humpback"), settings),
         "generate": ResponseTask(load_template("generate-response"), settings),
-        "backward": BackwardTask(load_template("backward-instruction"), settings, EXAMPLES),
+        "augment": BackwardTask(load_template("backward-instruction"), settings, EXAMPLES),
     }
 
 
 ROWS = {
     "judge": {"instruction": "Say hi [[score=4]]", "generation": "Hi!"},
     "generate": {"instruction": "Say hi"},
-    "backward": {"generation": "Steep green tea at 80 °C for two minutes."},
+    "augment": {"generation": "Steep green tea at 80 °C for two minutes."},
 }
 
 
@@ -35,7 +35,7 @@ def test_old_import_paths_are_the_same_classes():
     assert (OldBackwardPath, OldResponsePath) == (BackwardTask, ResponseTask)
 
 
-@pytest.mark.parametrize("kind", ["judge", "generate", "backward"])
+@pytest.mark.parametrize("kind", ["judge", "generate", "augment"])
 def test_every_result_has_the_same_shape(fake_llm, kind):
     task = _tasks(LLMSettings(base_url=fake_llm.url, model="fake"))[kind]
     assert isinstance(task, PromptTask) and task.kind == kind
@@ -62,7 +62,7 @@ def test_a_task_refuses_a_template_of_another_kind_and_keys_follow_its_inputs():
     with pytest.raises(TemplateError, match="is a judge template, not a generate template"):
         ResponseTask(load_template("humpback"), settings)
     template = load_template("backward-instruction")
-    row = ROWS["backward"]
+    row = ROWS["augment"]
     key = BackwardTask(template, settings, EXAMPLES).key(row)
     assert key == BackwardTask(template, LLMSettings(model="a"), list(EXAMPLES)).key(dict(row))
     assert key != BackwardTask(template, settings, EXAMPLES[:0]).key(row)

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from backtrans.curate import Filters, Workbench, histogram, page, record_html, threshold_counts
+from backtrans.review_table import Filters, Workbench, measure_bins, page, threshold_counts
 
 
 def _bench(n: int = 20) -> Workbench:
@@ -40,27 +40,36 @@ def test_overrides_and_human_decisions_decide_final_keep():
     assert not bool(bench.with_decisions(4).loc[0, "final_keep"])
 
 
-def test_pages_are_bounded_and_texts_shortened():
+def test_pages_are_bounded():
     frame = pd.DataFrame({"instruction": ["x" * 1000] * 120, "generation": [f"a{i}" for i in range(120)]})
     bench = Workbench.from_frame(frame)
-    shown, pages = page(bench.filtered(Filters(), 4), 3, 50)
-    assert pages == 3 and len(shown) == 20 and list(shown["row"])[0] == 100
-    assert shown["instruction"].str.len().max() == 201
-    assert page(bench.filtered(Filters(), 4), 99, 50)[0]["row"].iloc[0] == 100  # past the end: last page
+    shown, number, pages = page(bench.filtered(Filters(), 4), 3, 50)
+    assert (number, pages, len(shown), list(shown["row"])[0]) == (3, 3, 20, 100)
+    assert shown["instruction"].str.len().max() == 1000  # the model keeps texts whole; the face shortens them
+    assert page(bench.filtered(Filters(), 4), 99, 50)[:2][1] == 3  # past the end: the last page
 
 
-def test_histogram_and_counts():
+def test_counts_and_the_papers_levels():
     bench = _bench()
-    table = histogram(bench.frame)
-    assert dict(zip(table["score"], table["pairs"], strict=True)) == {
-        "0": 0, "1": 4, "2": 4, "3": 4, "4": 3, "5": 3, "none": 2}
     assert threshold_counts(bench.frame["score"], 4) == {"scored": 18, "kept": 6, "A4": 6, "A5": 3}
 
 
-def test_record_html_escapes_everything():
-    html = record_html({"row": 1, "instruction": "<b>x</b>", "generation": "<script>1</script>",
-                        "reason": "&", "raw_output": "<i>", "score": 3, "status": "ok"})
-    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html and "&lt;script&gt;" in html
+def test_bins_split_at_the_threshold_so_kept_bars_add_up_to_the_kept_count():
+    bench = _bench()  # expected scores 1.5, 2.5, ..., 5.5 clipped into the last bin
+    bench.keep_by = "expected_score"
+    for threshold in (3.8, 3.6, 4.0, 2.1):
+        decided = bench.with_decisions(threshold)
+        bins = measure_bins(decided, "expected_score", threshold)
+        assert sum(b.kept for b in bins) == int(decided["final_keep"].sum()), threshold
+        assert any(b.low == threshold for b in bins)
+        assert all(b.kept == 0 for b in bins if b.high <= threshold)  # nothing green below the threshold
+        assert all(b.discarded == 0 for b in bins if b.low >= threshold)
+    bench.keep_by = "score"
+    bench.override(0, True)  # a person keeps a score-1 pair: its bar turns green, and the count follows
+    decided = bench.with_decisions(4)
+    bins = measure_bins(decided, "score", 4)
+    assert sum(b.kept for b in bins) == int(decided["final_keep"].sum()) == 7
+    assert [b.low for b in bins][:2] == [1, 2] and bins[0].kept == 1
 
 
 def test_keep_by_expected_score_falls_back_to_the_score():

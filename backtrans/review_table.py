@@ -1,0 +1,170 @@
+"""The review table's model: one owner's rows, their filters, sorting and pages, the quick keep/discard
+overrides, the histogram's bins and the threshold counts. Numbers and rows only: the face draws them.
+
+A `Workbench` holds one user's rows for the interactive faces. It is plain pandas, so a 100k-row run
+filters and pages in milliseconds; the faces only ever render one page.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from backtrans.decisions import decide_frame, paper_levels
+from backtrans.judge import RESULT_COLUMNS
+from backtrans.records import missing
+
+STATUSES = ("ok", "parse_error", "llm_error", "pending")
+SORTS = {
+    "input order": ("row", True),
+    "score, high first": ("score", False),
+    "score, low first": ("score", True),
+    "expected score, high first": ("expected_score", False),
+    "expected score, low first": ("expected_score", True),
+}
+
+
+@dataclass
+class Filters:
+    min_score: float = 0
+    max_score: float = 10
+    statuses: tuple[str, ...] = STATUSES
+    text: str = ""
+    sort: str = "input order"
+    include_unscored: bool = True
+
+    def __post_init__(self) -> None:
+        # Values straight from a form: an emptied box arrives as None.
+        self.min_score = 0 if self.min_score is None else self.min_score
+        self.max_score = 10 if self.max_score is None else self.max_score
+        self.statuses = tuple(self.statuses or ())
+        self.text = self.text or ""
+        self.sort = self.sort if self.sort in SORTS else "input order"
+
+
+@dataclass
+class Workbench:
+    """One session's rows: the input pairs, the judge's results, and the quick overrides."""
+
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source_name: str = ""
+    overrides: dict[int, bool] = field(default_factory=dict)
+    keep_by: str = "score"  # or "expected_score": small local judges give nearly every pair the same integer
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:
+        frame = frame.reset_index(drop=True)
+        for column in RESULT_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+        frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("Float64")
+        frame["expected_score"] = pd.to_numeric(frame["expected_score"], errors="coerce").astype("Float64")
+        if "row" not in frame:
+            frame.insert(0, "row", range(len(frame)))
+        return cls(frame=frame, source_name=source_name)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_result(self, index: int, result: dict) -> None:
+        for column in RESULT_COLUMNS:
+            value = result.get(column)
+            if column in ("score", "expected_score"):
+                value = pd.NA if value is None else float(value)
+            self.frame.at[index, column] = value
+
+    def override(self, index: int, keep: bool | None) -> None:
+        if keep is None:
+            self.overrides.pop(index, None)
+        else:
+            self.overrides[index] = keep
+
+    def with_decisions(self, threshold: float) -> pd.DataFrame:
+        """The rows with `judge_keep`, `final_keep` and `decided_by`, by the one rule in backtrans.decisions:
+        the threshold on screen decides afresh for every row no person decided."""
+        return decide_frame(self.frame, threshold, self.keep_by, self.overrides)
+
+    def filtered(self, filters: Filters, threshold: float) -> pd.DataFrame:
+        frame = self.with_decisions(threshold)
+        status = frame["status"].fillna("pending")
+        mask = status.isin(filters.statuses)
+        score = frame["score"]
+        in_range = (score >= filters.min_score) & (score <= filters.max_score)
+        mask &= in_range.fillna(False) | (score.isna() & filters.include_unscored)
+        if filters.text.strip():
+            needle = filters.text.strip()
+            text = frame["instruction"].astype(str) + "\n" + frame["generation"].astype(str)
+            mask &= text.str.contains(needle, case=False, regex=False)
+        view = frame[mask.astype(bool)]
+        column, ascending = SORTS.get(filters.sort, SORTS["input order"])
+        return view.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+
+    def rows_for_export(self, threshold: float) -> list[dict]:
+        frame = self.with_decisions(threshold)
+        kept = frame[frame["final_keep"]].drop(columns=["row", "judge_keep", "decided_by"])
+        return [{k: plain_value(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
+
+    def all_rows(self) -> list[dict]:
+        rows = self.frame.drop(columns=["row"]).to_dict("records")
+        return [{k: plain_value(v) for k, v in row.items()} for row in rows]
+
+
+def plain_value(value: object) -> object:
+    """A cell as plain Python: missing values are None, numpy scalars their Python selves."""
+    if missing(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def page(view: pd.DataFrame, number: int, size: int) -> tuple[pd.DataFrame, int, int]:
+    """One page of a view: its rows, the page number shown (clamped to the pages there are) and the page count."""
+    pages = max(1, -(-len(view) // size))
+    number = min(max(1, int(number or 1)), pages)
+    return view.iloc[(number - 1) * size : number * size], number, pages
+
+
+@dataclass(frozen=True)
+class Bin:
+    """One bar of the histogram: the pairs whose measure is in [low, high), split by their final decision, so
+    that the kept bars always add up to the kept count, whatever the threshold."""
+
+    low: float
+    high: float
+    kept: int
+    discarded: int
+
+
+def measure_bins(decided: pd.DataFrame, by: str, threshold: float, lo: int = 1, hi: int = 5,
+                 step: float = 0.25) -> list[Bin]:
+    """Pairs per bin of the measure in use. Whole scores get a bar each, expected scores bins of `step`; the
+    threshold is always a bin edge (a bin it would cut is split there). Unscored pairs have no bin."""
+    values = decided["score"]
+    if by == "expected_score" and "expected_score" in decided:
+        values = decided["expected_score"].fillna(decided["score"])
+    values = pd.to_numeric(values, errors="coerce")
+    width = step if by == "expected_score" else 1.0
+    edges = {round(lo + i * width, 9) for i in range(int(round((hi - lo) / width)) + 1)}
+    if lo < threshold < hi:
+        edges.add(float(threshold))
+    edges = sorted(edges)
+    scored = values.notna()
+    values, keep = values[scored], decided.loc[scored, "final_keep"].astype(bool)
+    position = pd.Series(pd.cut(values.clip(lower=lo), [*edges[:-1], math.inf], right=False, labels=False),
+                         index=values.index)
+    bins = []
+    for index, low in enumerate(edges):
+        high = edges[index + 1] if index + 1 < len(edges) else low + width
+        inside = position == index
+        kept = int((inside & keep).sum())
+        bins.append(Bin(low, high, kept, int(inside.sum()) - kept))
+    return bins
+
+
+def threshold_counts(scores, threshold: int) -> dict[str, int]:
+    """How many pairs each curation level keeps: the paper's A4 and A5, and the chosen threshold."""
+    valid = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").dropna()
+    return {"scored": int(len(valid)), "kept": int((valid >= threshold).sum()), **paper_levels(valid)}
