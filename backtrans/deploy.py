@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What the Space needs from this repository; venvs, state and caches stay behind.
 UPLOAD_PATTERNS = ["app.py", "README.md", "requirements.txt", "space.yaml", "backtrans/**/*", "prompts/**/*",
                    "docs/*.png"]
-IGNORE_PATTERNS = ["**/__pycache__/**", "**/*.pyc", "backtrans/argilla_server_compat.py"]
+IGNORE_PATTERNS = ["**/__pycache__/**", "**/*.pyc", "backtrans/local/argilla_server_compat.py"]
 
 
 class DeployError(RuntimeError):

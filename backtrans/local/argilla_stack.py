@@ -18,7 +18,7 @@ from backtrans.local.process import free_port, stop_pid, wait_http, wait_port
 ARGILLA_VENV = Path(os.environ.get("BACKTRANS_ARGILLA_VENV", ROOT / ".venv-argilla"))
 ARGILLA_OWNER = "argilla"
 # Stays in backtrans/ (deploy.py leaves it out of the Space by that path); it runs in the Argilla venv.
-COMPAT_SCRIPT = Path(__file__).resolve().parent.parent / "argilla_server_compat.py"
+COMPAT_SCRIPT = Path(__file__).resolve().parent / "argilla_server_compat.py"
 
 
 def _venv_file(relative: str) -> Path:
