@@ -13,8 +13,8 @@ from pathlib import Path
 from backtrans.argilla_sync import POLICIES, ArgillaError
 from backtrans.export import ExportError
 from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
-from backtrans.llm import redact
 from backtrans.records import RecordsError, parse_mapping
+from backtrans.redaction import redact
 from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError
 
 DEFAULT_STORE = os.environ.get("BACKTRANS_STORE", "backtrans-runs.sqlite")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 
+from backtrans.redaction import redact
+
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_KEY_LIKE = re.compile(r"\b(sk|hf|rk|pk|api|argilla\.apikey)[-_.][A-Za-z0-9_\-]{8,}")
 
 
 @dataclass
@@ -84,12 +84,6 @@ class LLMError(RuntimeError):
     def __init__(self, message: str, attempts: int):
         super().__init__(message)
         self.attempts = attempts
-
-
-def redact(text: str, secret: str | None) -> str:
-    from backtrans.redaction import redact as _redact  # the one redaction rule (whole values only)
-
-    return _redact(text, secret)
 
 
 class _RateLimiter:
@@ -173,7 +167,7 @@ class LLMClient:
     def _post(self, request: dict):
         return self.transport.post(request)
 
-    async def _send(self, request: dict, started: float) -> tuple[dict, bool]:
+    async def _send(self, request: dict) -> tuple[dict, bool]:
         """One attempt: the request, and past the hedge delay one duplicate; the first answer wins."""
         self.requests += 1
         hedger = self.hedger
@@ -243,7 +237,7 @@ class LLMClient:
                     await self.limiter.wait()
                 async with self.semaphore:
                     started = time.perf_counter()
-                    response, hedged = await self._send(request, started)
+                    response, hedged = await self._send(request)
                     latency = time.perf_counter() - started
                 completion = self._completion(response, prefill, latency, attempt)
                 completion.hedged = hedged
