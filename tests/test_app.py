@@ -140,11 +140,17 @@ def test_on_a_space_a_visitor_cannot_reach_the_spaces_own_network_and_off_it_loc
     try:
         visitor = client_for(served.url)
         visitor.predict(api_name="/load_sample")
+        connections = internal.stats()["connections"]  # this look counts itself
         for spelling in LOOPBACK_SPELLINGS:
             status = visitor.predict(**{**JUDGE, "backend": "custom", "base_url": spelling.format(port=internal.port)},
                                      api_name="/judge")[-1]
             assert status == f"**Cannot start.** {REFUSAL}", (spelling, status)
-        assert internal.stats()["requests"] == 0
+        # a file "upload" that is a URL into the Space's network: Gradio fetches those through safehttpx
+        inner = f"http://127.0.0.1:{internal.port}/v1/rows.jsonl"
+        assert "error" in raw_call(served.url, "inspect_upload",
+                                   [{"path": inner, "url": inner, "meta": {"_type": "gradio.FileData"}}])
+        stats = internal.stats()
+        assert stats["requests"] == 0 and stats["connections"] == connections + 1
     finally:
         served.stop()
     served = AppServer(tmp_path / "local", {"BACKTRANS_OAUTH": "0"})  # a local user's own server on localhost
