@@ -229,6 +229,7 @@ def _card(configs: str) -> bytes:
     return f"---\nconfigs:\n{configs}---\n# a dataset\n".encode()
 
 
+@pytest.mark.slow  # a subprocess that imports datasets: ~5 s
 def test_a_hub_dataset_card_that_names_files_outside_its_repo_is_refused_before_any_request(fake_llm, tmp_path):
     import subprocess
     import sys
