@@ -135,7 +135,7 @@ def public_answers(host: str, port: int, family: int = 0) -> list[tuple[int, str
     return answers
 
 
-def endpoint(base_url: str) -> tuple[str, int]:
+def _host_and_port(base_url: str) -> tuple[str, int]:
     """The (host, port) a base URL connects to, as the allow list spells it; ValueError if it has none."""
     parts = urllib.parse.urlsplit(base_url.strip())
     scheme = parts.scheme.lower()
@@ -148,7 +148,7 @@ def check_url(base_url: str, allowed: frozenset[tuple[str, int]] | None = None) 
     """The check before a job starts: EgressRefused unless the URL's host is allowed or resolves only to public
     addresses. This blocks on DNS; `EgressGuard` repeats the check on what each connection really uses."""
     try:
-        host, port = endpoint(base_url)
+        host, port = _host_and_port(base_url)
     except ValueError:  # includes a port that is not a number
         raise EgressRefused() from None
     allowed = allowed_endpoints() if allowed is None else allowed
@@ -239,7 +239,7 @@ class _GuardedNetworkBackend:
             raise httpcore2.ConnectTimeout("timed out resolving the endpoint's host") from None
         except OSError as exc:  # an allowed name that does not resolve: a connection error like any other
             raise httpcore2.ConnectError(str(exc)) from None
-        error: Exception | None = None
+        error: Exception = httpcore2.ConnectError("the endpoint's host has no address")
         for _, address in answers:  # the checked addresses, never the name again (it could answer differently)
             try:
                 return await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
