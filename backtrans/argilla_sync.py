@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from backtrans.decisions import final_keep, judge_keeps
-from backtrans.llm import redact
 from backtrans.records import missing
+from backtrans.redaction import redact
 from backtrans.store import content_key
 from backtrans.templates import Template, load_template
 

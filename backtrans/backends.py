@@ -4,7 +4,8 @@ Three presets, the same for every face:
 - `server`: the endpoint the app was started with (OPENAI_BASE_URL, OPENAI_API_KEY, BACKTRANS_MODEL);
   on a public Space its key serves visitors only if the Space's owner opts in (BACKTRANS_SHARE_SERVER_KEY=1).
 - `huggingface`: Hugging Face's OpenAI-compatible inference router, paid by the signed-in visitor's own token.
-- `custom`: a base URL and key the visitor types. The server's key is never sent to a URL a visitor chose.
+- `custom`: a base URL and key the visitor types. The server's key is never sent to a URL a visitor chose, and on
+  a Space the URL must name a public host (backtrans/egress.py): checked here, and again at every connect.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from backtrans import egress
 from backtrans.llm import LLMSettings
 from backtrans.owners import on_space
 
@@ -65,13 +67,19 @@ def choose(preset: str, *, model: str = "", base_url: str = "", api_key: str = "
     if preset == CUSTOM:
         if not base_url:
             raise BackendError("Give the base URL of an OpenAI-compatible endpoint (…/v1).")
-        if not base_url.startswith(("http://", "https://")):
+        if not base_url.lower().startswith(("http://", "https://")):
             raise BackendError("The base URL must start with http:// or https://.")
         if not model:
             raise BackendError("Name the model to use at that endpoint.")
+        public_only = egress.applies()
+        if public_only:
+            try:
+                egress.check_url(base_url)
+            except egress.EgressRefused as exc:
+                raise BackendError(str(exc)) from None
         # No fallback to OPENAI_API_KEY here: that would hand the server's key to a URL a visitor typed.
         return Choice(LLMSettings(base_url=base_url, api_key=api_key or "none", model=model,
-                                  concurrency=concurrency), server_pays=False)
+                                  concurrency=concurrency, public_only=public_only), server_pays=False)
     if preset != SERVER:
         raise BackendError(f"Unknown backend {preset[:40]!r}: choose one of {', '.join(PRESETS)}.")
     if not server_key_shared():

@@ -14,8 +14,8 @@ from backtrans.argilla_sync import POLICIES, ArgillaError
 from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
 from backtrans.export import ExportError
 from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
-from backtrans.llm import redact
 from backtrans.records import RecordsError, parse_mapping
+from backtrans.redaction import redact
 from backtrans.templates import DEFAULT_JUDGE_TEMPLATE, TemplateError, default_template
 
 DEFAULT_STORE = os.environ.get("BACKTRANS_STORE", "backtrans-runs.sqlite")

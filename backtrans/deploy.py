@@ -98,7 +98,7 @@ def deploy(deploy_plan: DeployPlan, token: str | None = None, env: dict | None =
         api.upload_folder(repo_id=deploy_plan.space_id, repo_type="space", folder_path=str(ROOT),
                           allow_patterns=deploy_plan.files, commit_message="Deploy backtrans")
     except Exception as exc:  # network, auth and Hub errors alike
-        from backtrans.llm import redact
+        from backtrans.redaction import redact
 
         raise DeployError(redact(f"deploying to {deploy_plan.space_id} failed: {exc}", token)) from None
     return f"https://huggingface.co/spaces/{deploy_plan.space_id}"

@@ -196,7 +196,7 @@ def push_to_hub(path: str | os.PathLike, repo_id: str, token: str | None = None,
     try:
         dataset.push_to_hub(repo_id, token=token or os.environ.get("HF_TOKEN"), private=private)
     except Exception as exc:  # network, auth and Hub errors alike
-        from backtrans.llm import redact
+        from backtrans.redaction import redact
 
         raise ExportError(redact(f"push to the Hub repo {repo_id} failed: {exc}", token)) from None
     return f"https://huggingface.co/datasets/{repo_id}"

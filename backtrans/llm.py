@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 
+from backtrans import egress
+from backtrans.redaction import redact
+
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_KEY_LIKE = re.compile(r"\b(sk|hf|rk|pk|api|argilla\.apikey)[-_.][A-Za-z0-9_\-]{8,}")
+NO_REDIRECTS = "the endpoint answered with a redirect, which is not followed for an endpoint a visitor gave"
 
 
 @dataclass
@@ -44,6 +46,9 @@ class LLMSettings:
     # default when aiohttp is installed); "openai-aiohttp" / "openai-httpx": the openai SDK on that
     # transport. Measured side by side in docs/benchmarks.md.
     transport: str = field(default_factory=lambda: os.environ.get("BACKTRANS_HTTP", "lean"))
+    # An endpoint a visitor typed, on a Space: every connection is checked by backtrans.egress at connect
+    # time (public addresses only), with no redirects and no proxy. Set by backends.choose.
+    public_only: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> LLMSettings:
@@ -84,12 +89,6 @@ class LLMError(RuntimeError):
     def __init__(self, message: str, attempts: int):
         super().__init__(message)
         self.attempts = attempts
-
-
-def redact(text: str, secret: str | None) -> str:
-    from backtrans.redaction import redact as _redact  # the one redaction rule (whole values only)
-
-    return _redact(text, secret)
 
 
 class _RateLimiter:
@@ -173,7 +172,7 @@ class LLMClient:
     def _post(self, request: dict):
         return self.transport.post(request)
 
-    async def _send(self, request: dict, started: float) -> tuple[dict, bool]:
+    async def _send(self, request: dict) -> tuple[dict, bool]:
         """One attempt: the request, and past the hedge delay one duplicate; the first answer wins."""
         self.requests += 1
         hedger = self.hedger
@@ -243,13 +242,15 @@ class LLMClient:
                     await self.limiter.wait()
                 async with self.semaphore:
                     started = time.perf_counter()
-                    response, hedged = await self._send(request, started)
+                    response, hedged = await self._send(request)
                     latency = time.perf_counter() - started
                 completion = self._completion(response, prefill, latency, attempt)
                 completion.hedged = hedged
                 if self.hedger is not None:
                     self.hedger.observe(latency)
                 return completion
+            except egress.EgressRefused:  # not retried, and the message names no address
+                raise LLMError(egress.REFUSAL, attempt) from None
             except HTTPStatusError as exc:
                 if exc.status not in RETRYABLE_STATUS or attempt > self.settings.max_retries:
                     raise self._failure(f"HTTP {exc.status}: {exc.message}", attempt) from None
@@ -363,8 +364,12 @@ class _LeanTransport:
             import json
 
             self.dumps, self.loads = (lambda o: json.dumps(o).encode()), json.loads
+        import yarl
+
         self.aiohttp = aiohttp
-        self.url = _endpoint(settings)
+        # Credentials in the URL are dropped: the key goes in the Authorization header, and aiohttp refuses a
+        # request that has both (so such a URL never worked here).
+        self.url = str(yarl.URL(_endpoint(settings)).with_user(None))
         self.headers = {"Authorization": f"Bearer {settings.api_key or 'no-key'}",
                         "Content-Type": "application/json", "Accept": "application/json"}
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout_s,
@@ -372,35 +377,44 @@ class _LeanTransport:
         # Hedges and cancelled racers need connections beyond the concurrency.
         self.limit = max(100, settings.concurrency * 2)
         self.session = None
+        self.guard = egress.EgressGuard() if settings.public_only else None
         # The proxy settings are read once here: aiohttp's trust_env reads them (and ~/.netrc) in a
-        # thread for every request.
+        # thread for every request. A guarded client uses none: the proxy would resolve the host unchecked.
         self.proxy = self.proxy_auth = None
         try:
-            import yarl
             from aiohttp.helpers import get_env_proxy_for_url
 
-            self.proxy, self.proxy_auth = get_env_proxy_for_url(yarl.URL(self.url))
+            if self.guard is None:
+                self.proxy, self.proxy_auth = get_env_proxy_for_url(yarl.URL(self.url))
         except LookupError:
             pass
 
     async def post(self, request: dict) -> dict:
         aiohttp = self.aiohttp
+        guard = self.guard
         if self.session is None:  # created inside the running loop, as aiohttp requires
-            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30)
+            checked = {} if guard is None else {"resolver": guard.aiohttp_resolver(),
+                                                "socket_factory": guard.socket_factory}
+            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30, **checked)
             self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
                                                  skip_auto_headers=("User-Agent",))
         try:
             async with self.session.post(self.url, data=self.dumps(request), headers=self.headers,
-                                         proxy=self.proxy, proxy_auth=self.proxy_auth) as response:
+                                         proxy=self.proxy, proxy_auth=self.proxy_auth,
+                                         allow_redirects=guard is None) as response:
                 body = await response.read()
                 status = response.status
                 retry_after = response.headers.get("retry-after")
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TransportError(f"Request timed out. ({type(exc).__name__})", True) from None
         except aiohttp.ClientError as exc:
+            # aiohttp itself refuses odd IPv4 spellings (0x7f000001, 127.1) before any connect: a refusal too.
+            if guard is not None and (egress.refused_in(exc) or isinstance(exc, aiohttp.InvalidURL)):
+                raise egress.EgressRefused() from None
             raise TransportError(f"Connection error. ({type(exc).__name__}: {exc})", False) from None
-        if status >= 400:
-            raise HTTPStatusError(status, _error_message(body, self.loads), _seconds(retry_after))
+        if status >= 400 or (guard is not None and status >= 300):
+            raise HTTPStatusError(status, _error_message(body, self.loads) if status >= 400 else NO_REDIRECTS,
+                                  _seconds(retry_after))
         return self.loads(body)
 
     async def close(self) -> None:
@@ -420,7 +434,11 @@ class _SDKTransport:
         keep = max(100, settings.concurrency * 2)
         limits = httpx2.Limits(max_connections=max(1000, keep), max_keepalive_connections=keep)
         http_client = None
-        if settings.transport == "openai-aiohttp":
+        if settings.public_only:  # httpx on the egress guard's connections, no redirects, no proxy
+            http_client = openai.DefaultAsyncHttpxClient(
+                timeout=settings.timeout_s, transport=egress.EgressGuard().httpx_transport(limits),
+                follow_redirects=False, trust_env=False)
+        elif settings.transport == "openai-aiohttp":
             try:
                 from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient  # noqa: F401  (openai[aiohttp])
             except ImportError:
@@ -428,28 +446,39 @@ class _SDKTransport:
             else:
                 http_client = openai.DefaultAioHttpClient(timeout=settings.timeout_s, limits=limits)
         # Otherwise the SDK's own httpx pool, as it comes: the client this project used before the lean one.
-        self.client = openai.AsyncOpenAI(
-            base_url=settings.base_url,
-            api_key=settings.api_key or "no-key",  # local servers need no key; the SDK insists on one
-            max_retries=0,
-            timeout=settings.timeout_s,
-            http_client=http_client,
-        )
+        try:
+            self.client = openai.AsyncOpenAI(
+                base_url=settings.base_url,
+                api_key=settings.api_key or "no-key",  # local servers need no key; the SDK insists on one
+                max_retries=0,
+                timeout=settings.timeout_s,
+                http_client=http_client,
+            )
+        except httpx2.InvalidURL:
+            if not settings.public_only:
+                raise
+            self.client = None  # httpx refuses odd IPv4 spellings (0177.0.0.1) outright: each call is refused
 
     async def post(self, request: dict) -> dict:
         openai = self.openai
+        if self.client is None:
+            raise egress.EgressRefused()
         try:
             # Not `chat.completions.create`: its typed request transform and response models cost
             # more CPU than the rest of a call.
             return await self.client.post("/chat/completions", body=request, cast_to=dict)
         except openai.APIStatusError as exc:
             retry_after = exc.response.headers.get("retry-after") if exc.response is not None else None
-            raise HTTPStatusError(exc.status_code, exc.message, _seconds(retry_after)) from None
+            message = NO_REDIRECTS if 300 <= exc.status_code < 400 else exc.message
+            raise HTTPStatusError(exc.status_code, message, _seconds(retry_after)) from None
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            if egress.refused_in(exc):
+                raise egress.EgressRefused() from None
             raise TransportError(str(exc), _timed_out(exc)) from None
 
     async def close(self) -> None:
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
 
 
 def _error_message(body: bytes, loads) -> str:

@@ -214,6 +214,63 @@ def _read_parquet(path: Path) -> Iterator[Located]:
             yield Located(f"{path.name} row {index}", row)
 
 
+def _card_strings(value: object) -> Iterator[str]:
+    """Every string inside a card's `data_files` or `data_dir` (a string, a list, or split/path mappings)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _card_strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _card_strings(item)
+
+
+def _inside_the_repo(pattern: str) -> bool:
+    """A path relative to the repository, as `datasets` decides it, that does not walk out of it."""
+    import urllib.parse
+
+    pattern = pattern.strip()
+    return (bool(pattern) and urllib.parse.urlparse(pattern).scheme == "" and not os.path.isabs(pattern)
+            and not pattern.startswith(("~", "\\")) and "::" not in pattern
+            and ".." not in pattern.replace("\\", "/").split("/"))
+
+
+def _checked_hub_revision(repo_id: str) -> str | None:
+    """The Hub revision to load, once its dataset card names data files inside its own repository only.
+
+    `datasets` resolves a card's `data_files` and `data_dir` as written: an absolute path is globbed on this
+    machine and a URL is requested (HEAD and GET, any host) before it finds that they are not the repo's and
+    refuses. A Hub id a visitor typed could so make the server call URLs on its own network. The card is read at
+    a pinned commit, and that commit is what is loaded: it cannot change in between. Offline nothing is fetched.
+    """
+    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.repocard import metadata_load
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    revision = HfApi().dataset_info(repo_id).sha
+    for card in ("README.md", ".huggingface.yaml"):  # where `datasets` reads `configs` from
+        try:
+            local = hf_hub_download(repo_id, card, repo_type="dataset", revision=revision)
+        except EntryNotFoundError:
+            continue
+        if card == "README.md":
+            metadata = metadata_load(local) or {}
+        else:
+            import yaml
+
+            metadata = yaml.safe_load(Path(local).read_text(encoding="utf-8")) or {}
+        configs = metadata.get("configs") if isinstance(metadata, dict) else None
+        for entry in configs if isinstance(configs, list) else []:
+            named = [entry.get("data_files"), entry.get("data_dir")] if isinstance(entry, dict) else []
+            if not all(_inside_the_repo(pattern) for pattern in _card_strings(named)):
+                raise RecordsError(f"{repo_id}: its dataset card names data files outside its own repository; "
+                                   "only a dataset's own files are loaded")
+    return revision
+
+
 def _read_hf_dataset(source: str, config: str | None, split: str | None) -> Iterator[Located]:
     import datasets
 
@@ -221,8 +278,12 @@ def _read_hf_dataset(source: str, config: str | None, split: str | None) -> Iter
     try:
         if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             dataset = datasets.load_from_disk(str(path))
-        else:
+        elif path.exists():  # a folder of data files and a card: this machine's own
             dataset = datasets.load_dataset(source, config, split=split)
+        else:
+            dataset = datasets.load_dataset(source, config, split=split, revision=_checked_hub_revision(source))
+    except RecordsError:
+        raise
     except FileNotFoundError as exc:
         raise RecordsError(f"{source}: no such dataset ({exc})") from None
     except Exception as exc:  # the Hub and datasets raise many types; all mean "cannot load this"

@@ -67,6 +67,7 @@ class FakeLLM:
         self.port = port
         self.rng = random.Random(self.config.seed)
         self.requests = 0
+        self.connections = 0  # TCP connections accepted: a guard must refuse before connecting, not after
         self.statuses: Counter = Counter()
         self.prompts: Counter = Counter()
         self.api_keys: Counter = Counter()
@@ -120,6 +121,7 @@ class FakeLLM:
     def stats(self) -> dict:
         return {
             "requests": self.requests,
+            "connections": self.connections,
             "statuses": dict(self.statuses),
             "unique_prompts": len(self.prompts),
             "repeated_prompts": sum(n - 1 for n in self.prompts.values() if n > 1),
@@ -130,6 +132,7 @@ class FakeLLM:
 
     def reset(self) -> None:
         self.requests = 0
+        self.connections = 0
         self.statuses.clear()
         self.prompts.clear()
         self.api_keys.clear()
@@ -138,6 +141,7 @@ class FakeLLM:
 
     # --- HTTP ------------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -128,6 +128,42 @@ def test_an_attacker_with_gradio_client_gets_nothing_of_another_owner_or_the_ser
         served.stop()
 
 
+def test_on_a_space_a_visitor_cannot_reach_the_spaces_own_network_and_off_it_localhost_judges(fake_process,
+                                                                                              tmp_path):
+    from backtrans.egress import REFUSAL
+    from tests.test_egress import LOOPBACK_SPELLINGS
+
+    internal = fake_process()  # a service on the Space's loopback that no visitor should reach
+    for folder in ("space", "local"):
+        (tmp_path / folder).mkdir()
+    served = AppServer(tmp_path / "space", {"SPACE_ID": "team/backtrans", "BACKTRANS_OAUTH": "0"})
+    try:
+        visitor = client_for(served.url)
+        visitor.predict(api_name="/load_sample")
+        connections = internal.stats()["connections"]  # this look counts itself
+        for spelling in LOOPBACK_SPELLINGS:
+            status = visitor.predict(**{**JUDGE, "backend": "custom", "base_url": spelling.format(port=internal.port)},
+                                     api_name="/judge")[-1]
+            assert status == f"**Cannot start.** {REFUSAL}", (spelling, status)
+        # a file "upload" that is a URL into the Space's network: Gradio fetches those through safehttpx
+        inner = f"http://127.0.0.1:{internal.port}/v1/rows.jsonl"
+        assert "error" in raw_call(served.url, "inspect_upload",
+                                   [{"path": inner, "url": inner, "meta": {"_type": "gradio.FileData"}}])
+        stats = internal.stats()
+        assert stats["requests"] == 0 and stats["connections"] == connections + 1
+    finally:
+        served.stop()
+    served = AppServer(tmp_path / "local", {"BACKTRANS_OAUTH": "0"})  # a local user's own server on localhost
+    try:
+        visitor = client_for(served.url)
+        visitor.predict(api_name="/load_sample")
+        status = visitor.predict(**{**JUDGE, "backend": "custom", "base_url": f"http://localhost:{internal.port}/v1"},
+                                 api_name="/judge")[-1]
+        assert "**Done:** 30 rows" in status and internal.stats()["requests"] == 30
+    finally:
+        served.stop()
+
+
 # --- sign-in -----------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from backtrans.llm import LLMClient, LLMError, LLMSettings, redact
+from backtrans.llm import LLMClient, LLMError, LLMSettings
+from backtrans.redaction import redact
 
 
 def _settings(fake, **kwargs) -> LLMSettings:

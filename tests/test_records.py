@@ -1,4 +1,5 @@
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -147,3 +148,125 @@ def test_json_array_file(tmp_path):
 def test_preview_shows_raw_columns_before_mapping(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"ask": "q", "reply": "a"}])
     assert list(preview_columns(tmp_path / "p.jsonl").columns) == ["ask", "reply"]
+
+
+# --- a Hub dataset whose card points outside its repository ---------------------------------------------------
+
+
+class FakeHubDatasets:
+    """Enough of the Hub's dataset API for `datasets.load_dataset(OWNER/NAME)`: info, tree, paths-info, resolve.
+
+    `repos` maps a repo id to its files (path -> bytes). Real HTTP on loopback."""
+
+    SHA = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        import hashlib
+        import http.server
+        import threading
+        import urllib.parse
+
+        sha = self.SHA
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _entries(self, files: dict[str, bytes], folder: str) -> list[dict]:
+                prefix = f"{folder}/" if folder else ""
+                entries: dict[str, dict] = {}
+                for path, data in files.items():
+                    if path.startswith(prefix):
+                        head, _, rest = path[len(prefix):].partition("/")
+                        entries[prefix + head] = ({"type": "directory", "path": prefix + head, "oid": "0" * 40}
+                                                  if rest else {"type": "file", "path": path, "size": len(data),
+                                                                "oid": hashlib.sha1(data).hexdigest()})
+                return list(entries.values())
+
+            def do_GET(self):  # noqa: N802 (the stdlib's names)
+                path = urllib.parse.unquote(self.path.split("?")[0])
+                for repo, files in repos.items():
+                    api, resolve = f"/api/datasets/{repo}", f"/datasets/{repo}/resolve/"
+                    if path.startswith(f"{api}/tree/"):
+                        folder = path[len(f"{api}/tree/"):].partition("/")[2].strip("/")
+                        return self._send(200, json.dumps(self._entries(files, folder)).encode())
+                    if path.startswith(f"{api}/paths-info/"):
+                        return self._send(200, json.dumps([e for e in self._entries(files, "")]).encode())
+                    if path == api or path.startswith(f"{api}/revision/"):
+                        info = {"id": repo, "sha": sha, "private": False, "tags": [], "downloads": 0, "likes": 0,
+                                "lastModified": "2026-01-01T00:00:00.000Z",
+                                "siblings": [{"rfilename": name} for name in files]}
+                        return self._send(200, json.dumps(info).encode())
+                    if path.startswith(resolve):
+                        name = path[len(resolve):].partition("/")[2]
+                        if name in files:
+                            return self._send(200, files[name], {"X-Repo-Commit": sha,
+                                                                 "ETag": f'"{hashlib.sha1(files[name]).hexdigest()}"'})
+                        return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha})
+                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+
+            do_HEAD = do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _card(configs: str) -> bytes:
+    return f"---\nconfigs:\n{configs}---\n# a dataset\n".encode()
+
+
+@pytest.mark.slow  # a subprocess that imports datasets: ~5 s
+def test_a_hub_dataset_card_that_names_files_outside_its_repo_is_refused_before_any_request(fake_llm, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    internal = f"127.0.0.1:{fake_llm.port}"  # a service on the Space's own network, counting connections
+    local_secret = write_jsonl(tmp_path / "secret.jsonl", [{"instruction": "SERVER-FILE", "generation": "x"}])
+    data = {"data/train.csv": b"instruction,generation\nq1,a1\nq2,a2\n"}
+    repos = {
+        "someone/fine": {"README.md": _card('- config_name: default\n  data_files: "data/*.csv"\n'), **data},
+        "attacker/url": {"README.md": _card(f'- config_name: default\n  data_files: "http://{internal}/v1/x.csv"\n')},
+        "attacker/listed": {"README.md": _card("- config_name: default\n  data_files:\n  - split: train\n    path:\n"
+                                               f'    - "data/*.csv"\n    - "https://{internal}/x.csv"\n'), **data},
+        "attacker/dir": {"README.md": _card(f'- config_name: default\n  data_dir: "http://{internal}/v1"\n')},
+        "attacker/hop": {"README.md": _card(f'- config_name: default\n  data_files: "zip://*.csv::http://{internal}/a.zip"\n')},
+        "attacker/local": {"README.md": _card(f'- config_name: default\n  data_files: "{local_secret}"\n')},
+        "attacker/walk": {"README.md": _card('- config_name: default\n  data_files: "../../../../tmp/*.jsonl"\n')},
+        "attacker/yaml": {"README.md": b"# no card data\n", **data,
+                          ".huggingface.yaml": f'configs:\n- config_name: default\n  data_files: "http://{internal}/y.csv"\n'.encode()},
+    }
+    hub = FakeHubDatasets(repos)
+    script = ("import json, sys\nfrom backtrans.records import RecordsError, load_records\n"
+              "for repo in sys.argv[1:]:\n"
+              "    try:\n        print(json.dumps([repo, len(load_records(repo, split='train'))]))\n"
+              "    except RecordsError as exc:\n        print(json.dumps([repo, str(exc)]))\n")
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", script, *repos], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        hub.stop()
+    answers = dict(json.loads(line) for line in done.stdout.splitlines() if line.startswith("["))
+    assert answers.pop("someone/fine") == 2, done.stderr[-2000:]  # a card that names its own files loads
+    assert set(answers) == set(repos) - {"someone/fine"}, done.stderr[-2000:]
+    for repo, answer in answers.items():
+        assert answer == (f"{repo}: its dataset card names data files outside its own repository; only a dataset's "
+                          "own files are loaded"), (repo, answer)
+    assert fake_llm.connections == 0

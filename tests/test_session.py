@@ -363,6 +363,64 @@ def test_backends_never_send_the_servers_key_to_a_url_a_visitor_typed(monkeypatc
     assert backends.choose("server").server_pays
 
 
+def test_on_a_space_no_spelling_of_the_spaces_own_network_starts_a_job_and_off_it_localhost_judges(
+        workspace, fake_llm, monkeypatch):
+    from backtrans import egress
+    from tests.test_egress import LOOPBACK_SPELLINGS, OTHER_INTERNAL
+
+    session = _session(workspace)
+    session.load_sample()
+    monkeypatch.setenv("SPACE_ID", "someone/backtrans")
+    for spelling in LOOPBACK_SPELLINGS + OTHER_INTERNAL:
+        url = spelling.format(port=fake_llm.port)
+        with pytest.raises(backends.BackendError) as refused:
+            session.choose_backend("custom", "fake", url)
+        expected = "The base URL must start with http:// or https://." if url.startswith("ftp") else egress.REFUSAL
+        assert str(refused.value) == expected, url  # what the page shows after "Cannot start."
+    assert fake_llm.connections == 0 and fake_llm.requests == 0
+    # the Space's owner may name an internal endpoint; the app's own model (the owner's secret) is not guarded
+    monkeypatch.setenv(egress.ALLOWED_ENV, f"localhost:{fake_llm.port}")
+    allowed = session.choose_backend("custom", "fake", f"http://localhost:{fake_llm.port}/v1")
+    assert allowed.settings.public_only and _drain(session.judge(session.resolve_template("humpback"), allowed,
+                                                                 every_s=0))[-1].message.startswith("**Done:** 30")
+    monkeypatch.delenv(egress.ALLOWED_ENV)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url)
+    monkeypatch.setenv("BACKTRANS_MODEL", "fake")
+    monkeypatch.setenv("BACKTRANS_SHARE_SERVER_KEY", "1")
+    server = session.choose_backend("server")
+    assert not server.settings.public_only
+    _drain(session.judge(session.resolve_template("additive"), server, every_s=0))
+    assert fake_llm.requests == 60
+    monkeypatch.delenv("SPACE_ID")  # a local user's own vLLM on localhost, as before
+    local = session.choose_backend("custom", "fake", f"http://localhost:{fake_llm.port}/v1")
+    assert not local.settings.public_only
+    session.load_sample()
+    updates = _drain(session.judge(session.resolve_template("humpback-short"), local, every_s=0))
+    assert updates[-1].message.startswith("**Done:** 30 rows") and fake_llm.requests == 90
+    assert session.bench.frame["score"].notna().all()
+
+
+@pytest.mark.parametrize("transport", ["lean", "openai-httpx"])
+def test_on_a_space_a_name_rebound_to_loopback_after_start_fails_each_row_with_the_refusal(
+        workspace, fake_llm, monkeypatch, transport):
+    from backtrans import egress
+    from tests.test_egress import PUBLIC_V4, Answers
+
+    monkeypatch.setenv("SPACE_ID", "someone/backtrans")
+    monkeypatch.setenv("BACKTRANS_HTTP", transport)
+    answers = Answers(monkeypatch, {"rebind.example.com": [PUBLIC_V4]})
+    session = _session(workspace)
+    session.load_sample()
+    choice = session.choose_backend("custom", "fake", f"http://rebind.example.com:{fake_llm.port}/v1")
+    answers.names["rebind.example.com"] = ["127.0.0.1"]  # between Start and the first connect
+    updates = _drain(session.judge(session.resolve_template("humpback"), choice, every_s=0))
+    assert "30 LLM errors" in updates[-1].message, updates[-1].message
+    assert set(session.bench.frame["error"]) == {egress.REFUSAL}
+    shown = json.dumps([u.message for u in updates]) + session.review(ALL, 4).table.to_json()
+    assert "127.0.0.1" not in shown and "Errno" not in shown
+    assert fake_llm.connections == 0 and fake_llm.requests == 0
+
+
 def test_on_a_space_each_owner_pushes_into_an_argilla_dataset_of_their_own(workspace, monkeypatch):
     alice, anonymous = _session(workspace, "alice"), _session(workspace)
     assert alice.argilla_dataset_name("review") == "review"  # a workstation: the name as given
