@@ -8,6 +8,7 @@ curves, and the `render_*` functions here turn them into Markdown, tables, HTML 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import html
 import os
@@ -364,36 +365,138 @@ def _backend(session: Session, backend: str, model: str, base_url: str, api_key:
 
 
 CANNOT_START = (TemplateError, backends.BackendError, LimitError, SessionError)
+KIND_WORDS = {"judge": "the judge", "generate": "the responses", "augment": "the instructions"}
+# A page reads a job about once a second, redraws the table only when its visible page changed, and the plots
+# and counts on a slower clock: many visitors at once must not starve the event loop that sends the requests.
+FOLLOW_EVERY_S = 1.0
+TABLE_EVERY_S = 1.0
+PLOTS_EVERY_S = 5.0
+ETA_AFTER_ROWS, ETA_AFTER_S = 3, 10.0  # an ETA from fewer rows or seconds is a wild guess
+
+
+def render_job(job) -> str:
+    """What a job is doing, from its first second: starting, waiting for the first reply, rows and rate, the end."""
+    progress = job.progress
+    done = progress.done if progress is not None else 0
+    if job.state == "failed":
+        return f"**Stopped by an error.** {job.error}"
+    if job.state == "stopped":
+        return (f"**Stopped.** {done} of {job.total} rows finished; they are kept: press **Start** again to go on "
+                "from there.")
+    if job.state == "done" and progress is not None:
+        return render_progress(progress, final=True)
+    if not done:
+        if job.elapsed < 1:
+            return f"Starting {KIND_WORDS.get(job.kind, 'the job')}…"
+        return f"Waiting for the first reply · {duration(job.elapsed)} · {job.total} rows to go"
+    text = render_progress(progress)
+    if done < ETA_AFTER_ROWS or job.elapsed < ETA_AFTER_S:
+        text = text.split(" · about ")[0]
+    if job.filters is not None:
+        text = f"Filters: {job.filters.describe()}. Instructions: {text}"
+    return text
+
+
+async def _follow(session: Session, draw, every_s: float = FOLLOW_EVERY_S):
+    """Read the owner's job until it ends: `draw(job, final)` gives what to send, with gr.skip() for what has not
+    changed. A closed tab ends only this reader, never the job."""
+    job = session.job()
+    if job is None:
+        return
+    while True:
+        final = not job.running
+        yield draw(job, final)
+        if final:
+            return
+        await job.changed(every_s)
+        await asyncio.sleep(max(0.0, every_s - 0.05))  # at most one look a second, however fast rows finish
+
+
+def _review_drawer(session: Session, filters: Filters, threshold: float, page_number: float = 1):
+    """Draws the Review step while a job runs: the status every look, the table when a row on the visible page
+    changed, the histogram and counts every few seconds, everything at the end."""
+    seen = {"version": -1, "table_at": 0.0, "plots_at": time.monotonic()}
+
+    def draw(job, final: bool):
+        now = time.monotonic()
+        workbench = session.workbench
+        table = info = plot = summary = gr.skip()
+        moved = workbench is not None and workbench.version != seen["version"]
+        if final or (moved and now - seen["table_at"] >= TABLE_EVERY_S):
+            view = session.review(filters, threshold, page_number)
+            if final or workbench.changed_since(seen["version"], view.rows.index):
+                table, info, plot_now, summary_now = render_review(view)
+                seen["table_at"] = now
+                if final or now - seen["plots_at"] >= PLOTS_EVERY_S:
+                    plot, summary, seen["plots_at"] = plot_now, summary_now, now
+            seen["version"] = workbench.version
+        return table, info, plot, summary, render_job(job)
+
+    return draw
+
+
+def _preview_drawer(session: Session):
+    seen = {"version": -1}
+
+    def draw(job, final: bool):
+        workbench = session.workbench
+        preview = gr.skip()
+        if workbench is not None and (final or workbench.version != seen["version"]):
+            preview, seen["version"] = session.generate_preview(), workbench.version
+        return preview, render_job(job)
+
+    return draw
 
 
 async def judge(session: Session | None, template_name: str, custom_text: str, backend: str, model: str,
                 base_url: str, api_key: str, concurrency: float, threshold: float, min_score: float,
                 max_score: float, statuses: list[str], text: str, sort: str, profile: gr.OAuthProfile | None,
                 token: gr.OAuthToken | None):
+    """Start the judge in the background, then read it. The job goes on if the page closes."""
     session = _session(session, profile)
     filters = Filters(min_score, max_score, tuple(statuses or ()), text, sort)
-
-    def view(message: str):
-        return *render_review(session.review(filters, threshold, 1)), message
-
     try:
         template = session.resolve_template(template_name, custom_text)
-        choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
-        async for update in session.judge(template, choice, every_s=STREAM_EVERY_S):
-            yield view(render_update(update))
+        # A name to resolve (the public-endpoint check) must not hold up every visitor's event loop.
+        choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
+        session.start_judge(template, choice)
     except CANNOT_START as exc:
-        yield view(f"**Cannot start.** {exc}")
+        yield *render_review(session.review(filters, threshold, 1)), f"**Cannot start.** {exc}"
+        return
+    async for drawn in _follow(session, _review_drawer(session, filters, threshold)):
+        yield drawn
+
+
+def follow_judge(session: Session | None, threshold: float, min_score: float, max_score: float,
+                 statuses: list[str], text: str, sort: str, page_number: float):
+    """A page opened while its owner's job runs (a reopened tab, another device) follows it to the end."""
+    if session is None or session.job() is None:
+        return _no_follow(5)
+    filters = Filters(min_score, max_score, tuple(statuses or ()), text, sort)
+    return _follow(session, _review_drawer(session, filters, threshold, page_number))
+
+
+async def _no_follow(outputs: int):
+    yield (gr.skip(),) * outputs
+
+
+def stop_job(session: Session | None) -> str:
+    if session is None or not session.stop_job():
+        return gr.skip()
+    return "Stopping…"
 
 
 async def generate(session: Session | None, backend: str, model: str, base_url: str, api_key: str,
                    concurrency: float, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None):
     session = _session(session, profile)
     try:
-        choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
-        async for update in session.generate(choice, every_s=STREAM_EVERY_S):
-            yield session.generate_preview(), render_update(update)
+        choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
+        session.start_generate(choice)
     except CANNOT_START as exc:
         yield session.generate_preview(), f"**Cannot start.** {exc}"
+        return
+    async for drawn in _follow(session, _preview_drawer(session)):
+        yield drawn
 
 
 async def augment(session: Session | None, files: list[str] | None, seeds: str | None, min_chars: float,
@@ -402,12 +505,14 @@ async def augment(session: Session | None, files: list[str] | None, seeds: str |
     session = _session(session, profile)
     try:
         filters = FilterSettings(int(min_chars), int(max_chars), near_duplicate_threshold=float(near_duplicate))
-        choice = _backend(session, backend, model, base_url, api_key, concurrency, token)
+        choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
         uploads = [(path, Path(path).name) for path in files or []]
-        async for update in session.augment(uploads, seeds, filters, choice, every_s=STREAM_EVERY_S):
-            yield session, session.generate_preview(), render_update(update)
+        session.start_augment(uploads, seeds, filters, choice)
     except (*CANNOT_START, ValueError) as exc:
         yield session, pd.DataFrame(), f"**Cannot start.** {exc}"
+        return
+    async for preview, status in _follow(session, _preview_drawer(session)):
+        yield session, preview, status
 
 
 def _run_choices(session: Session) -> list[tuple[str, str]]:
@@ -789,7 +894,11 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     override_buttons = [p.keep_button, p.discard_button, p.clear_button]
     loaded = [p.session, p.data_preview, p.data_status, p.judge_status, p.generate_status, p.runs]
 
-    demo.load(open_session, [p.browser_id], [p.session, p.browser_id, p.who, p.runs], api_name=False)
+    opened = demo.load(open_session, [p.browser_id], [p.session, p.browser_id, p.who, p.runs], api_name=False)
+    # A reopened page shows its owner's rows, and follows a job still running.
+    opened.then(refresh_review, [p.session, *filters], review_outputs, api_name=False).then(
+        follow_judge, [p.session, *filters], [*review_outputs, p.judge_status], api_name=False,
+        concurrency_limit=None)
 
     def refresh_export(event):
         """The download button always holds the current curated set (a DownloadButton cannot build on click)."""
@@ -816,13 +925,15 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
 
     # Generate
     llm_inputs = [p.backend, p.model, p.base_url, p.api_key, p.concurrency]
+    # A job's reader mostly sleeps: it holds no worker, so readers never queue behind each other.
     generating = p.generate_start.click(generate, [p.session, *llm_inputs], [p.generate_preview, p.generate_status],
-                                        api_name="generate", show_progress_on=[p.generate_status])
+                                        api_name="generate", show_progress_on=[p.generate_status],
+                                        concurrency_limit=None)
     augmenting = p.augment_start.click(augment, [p.session, p.documents, p.seeds, p.min_chars, p.max_chars,
                                                  p.near_duplicate, *llm_inputs],
                                        [p.session, p.generate_preview, p.generate_status], api_name="augment",
-                                       show_progress_on=[p.generate_status])
-    p.generate_stop.click(None, None, None, cancels=[generating, augmenting])
+                                       show_progress_on=[p.generate_status], concurrency_limit=None)
+    p.generate_stop.click(stop_job, p.session, p.generate_status, api_name="stop_generate")
     after_load(generating)
     after_load(augmenting)
 
@@ -834,8 +945,9 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     for trigger in (p.template.change, p.custom_template.change):
         trigger(preview_prompt, [p.session, p.template, p.custom_template], p.prompt_preview, api_name=False)
     judging = p.start.click(judge, [p.session, p.template, p.custom_template, *llm_inputs, *filters[:-1]],
-                            [*review_outputs, p.judge_status], api_name="judge", show_progress_on=[p.judge_status])
-    p.stop.click(None, None, None, cancels=[judging])
+                            [*review_outputs, p.judge_status], api_name="judge", show_progress_on=[p.judge_status],
+                            concurrency_limit=None)
+    p.stop.click(stop_job, p.session, p.judge_status, api_name="stop")
     refresh_export(judging)
     p.refresh_runs.click(list_runs, p.session, p.runs, api_name="list_runs")
     after_load(p.resume.click(resume_run, [p.session, p.runs],

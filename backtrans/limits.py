@@ -70,20 +70,27 @@ class JobGate:
         self._running: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    @contextmanager
-    def job(self, owner_key: str, limit: int) -> Iterator[None]:
+    def acquire(self, owner_key: str, limit: int) -> None:
+        """Count one more running job of this owner, or refuse it past `limit` (0: no limit)."""
         with self._lock:
             if limit and self._running[owner_key] >= limit:
                 raise LimitError(f"You already have {self._running[owner_key]} job(s) running, the most this app "
                                  "runs at once for one user. Wait for one to finish, or stop it.")
             self._running[owner_key] += 1
+
+    def release(self, owner_key: str) -> None:
+        with self._lock:
+            self._running[owner_key] -= 1
+            if self._running[owner_key] <= 0:
+                del self._running[owner_key]
+
+    @contextmanager
+    def job(self, owner_key: str, limit: int) -> Iterator[None]:
+        self.acquire(owner_key, limit)
         try:
             yield
         finally:
-            with self._lock:
-                self._running[owner_key] -= 1
-                if self._running[owner_key] <= 0:
-                    del self._running[owner_key]
+            self.release(owner_key)
 
     def running(self, owner_key: str) -> int:
         with self._lock:

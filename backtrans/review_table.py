@@ -52,6 +52,9 @@ class Workbench:
     source_name: str = ""
     overrides: dict[int, bool] = field(default_factory=dict)
     keep_by: str = "score"  # or "expected_score": small local judges give nearly every pair the same integer
+    # Bumped at every change, and per row the version it last changed at: a page redraws only what moved.
+    version: int = 0
+    row_versions: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:
@@ -68,7 +71,20 @@ class Workbench:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def _touch(self, index: int) -> None:
+        self.version += 1
+        self.row_versions[index] = self.version
+
+    def changed_since(self, version: int, rows) -> bool:
+        """Whether any of `rows` (frame indexes) changed after `version`."""
+        return any(self.row_versions.get(int(index), 0) > version for index in rows)
+
+    def set_cell(self, index: int, column: str, value: object) -> None:
+        self.frame.at[index, column] = value
+        self._touch(index)
+
     def set_result(self, index: int, result: dict) -> None:
+        self._touch(index)
         for column in RESULT_COLUMNS:
             value = result.get(column)
             if column in ("score", "expected_score"):
@@ -76,6 +92,7 @@ class Workbench:
             self.frame.at[index, column] = value
 
     def override(self, index: int, keep: bool | None) -> None:
+        self._touch(index)
         if keep is None:
             self.overrides.pop(index, None)
         else:

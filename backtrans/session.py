@@ -151,6 +151,19 @@ class Exported:
     total: int
 
 
+@dataclass
+class _Prepared:
+    """A job ready to run: its task, its rows (and where each result goes), its recorded settings."""
+
+    task: object
+    rows: list[dict]
+    indexes: list[int]
+    config: RunConfig
+    choice: backends.Choice
+    apply: Callable[[int, dict], None]
+    filters: object | None = None
+
+
 class Session:
     def __init__(self, workspace: Workspace, owner):
         self.workspace = workspace
@@ -285,63 +298,90 @@ class Session:
         return backends.choose(preset, model=model, base_url=base_url, api_key=api_key, hf_token=hf_token,
                                concurrency=min(wanted, limit) if limit else wanted)
 
-    async def _run(self, task, rows: list[dict], indexes: list[int], config: RunConfig, choice: backends.Choice,
-                   apply: Callable[[int, dict], None], every_s: float) -> AsyncIterator[JobUpdate]:
-        """Shared by every LLM job: limits, the owner's run, each result applied as it arrives."""
-        from backtrans.runner import stream_results
+    # A job is prepared (validated, its rows and config chosen) before any call: a problem is raised at once, to
+    # the face that asked, whether the job then runs as a stream (`judge`, ...) or in the background (`start`).
 
+    def _check_limits(self, rows: int, choice: backends.Choice) -> None:
         limits = self.workspace.limits
-        limits.check_job(len(rows))
+        limits.check_job(rows)
         if choice.server_pays and limits.rows_per_day:
             store = RunStore(self.workspace.store_path)
             try:
-                limits.check_daily(store.calls_since(self.owner.key, day_ago()), len(rows))
+                limits.check_daily(store.calls_since(self.owner.key, day_ago()), rows)
             finally:
                 store.close()
-        secret = choice.settings.api_key
-        with self.workspace.gate.job(self.owner.key, limits.jobs_per_owner):
-            last, progress = 0.0, None
-            try:
-                async for position, result, progress in stream_results(rows, task, self.workspace.store_path,
-                                                                       config, owner=self.owner.key):
-                    if position is not None and result is not None:
-                        apply(indexes[position], result)
-                    if time.monotonic() - last >= every_s:
-                        last = time.monotonic()
-                        yield JobUpdate(progress)
-            except Exception as exc:  # the page stays up and every finished row stays scored
-                yield JobUpdate(progress, done=True, error=redact(f"{type(exc).__name__}: {exc}", secret))
-                return
-            if progress is not None:
-                yield JobUpdate(progress, done=True)
 
-    def _run_config(self, task, rows: int) -> RunConfig:
-        return RunConfig.for_task(task, source=self.source_path, source_name=self.source_label,
-                                  source_kind=self.source_kind, mapping=self.source_mapping,
-                                  hf_config=self.source_options[0], split=self.source_options[1], rows=rows)
+    async def _stream(self, job: _Prepared, every_s: float) -> AsyncIterator[JobUpdate]:
+        """The job's rows through the runner, each result applied as it arrives; an error ends it with its
+        message (the key masked), and every finished row stays in the store."""
+        from backtrans.runner import stream_results
+
+        last, progress = 0.0, None
+        try:
+            async for position, result, progress in stream_results(job.rows, job.task, self.workspace.store_path,
+                                                                   job.config, owner=self.owner.key):
+                if position is not None and result is not None:
+                    job.apply(job.indexes[position], result)
+                if time.monotonic() - last >= every_s:
+                    last = time.monotonic()
+                    yield JobUpdate(progress, filters=job.filters)
+        except Exception as exc:  # the page stays up and every finished row stays scored
+            error = redact(f"{type(exc).__name__}: {exc}", job.choice.settings.api_key)
+            yield JobUpdate(progress, done=True, error=error, filters=job.filters)
+            return
+        if progress is not None:
+            yield JobUpdate(progress, done=True, filters=job.filters)
+
+    async def _run(self, job: _Prepared, every_s: float) -> AsyncIterator[JobUpdate]:
+        """A prepared job as a stream, for a caller that follows it to the end itself."""
+        self._check_limits(len(job.rows), job.choice)
+        with self.workspace.gate.job(self.owner.key, self.workspace.limits.jobs_per_owner):
+            async for update in self._stream(job, every_s):
+                yield update
+
+    def _start(self, job: _Prepared, every_s: float):
+        """A prepared job in the background (jobs.Job): it lives apart from the page that started it."""
+        self._check_limits(len(job.rows), job.choice)
+        gate = self.workspace.gate
+        gate.acquire(self.owner.key, self.workspace.limits.jobs_per_owner)
+        return self.workspace.jobs.start(self.owner.key, job.task.kind, self.source_label, len(job.rows),
+                                         self._stream(job, every_s), on_end=lambda: gate.release(self.owner.key),
+                                         secret=job.choice.settings.api_key)
+
+    def job(self):
+        """This owner's running job, else its latest finished one (None if there is none in this process)."""
+        return self.workspace.jobs.latest(self.owner.key)
+
+    def stop_job(self) -> bool:
+        job = self.job()
+        return job is not None and job.stop()
+
+    def _prepared(self, task, rows: list[dict], indexes: list[int], choice: backends.Choice,
+                  apply: Callable[[int, dict], None], filters: object | None = None) -> _Prepared:
+        config = RunConfig.for_task(task, source=self.source_path, source_name=self.source_label,
+                                    source_kind=self.source_kind, mapping=self.source_mapping,
+                                    hf_config=self.source_options[0], split=self.source_options[1], rows=len(rows))
+        return _Prepared(task, rows, indexes, config, choice, apply, filters)
 
     def _loaded_workbench(self) -> Workbench:
         if self.workbench is None or not len(self.workbench):
             raise SessionError("Load some data first.")
         return self.workbench
 
-    async def judge(self, template: Template, choice: backends.Choice,
-                    every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
-        """Score every row. Raises SessionError at once when the data is not ready."""
+    def _prepare_judge(self, template: Template, choice: backends.Choice) -> _Prepared:
         from backtrans.judge import JudgeTask
 
         workbench = self._loaded_workbench()
         ready = workbench.frame["generation"].notna()
         if not ready.all():
             raise SessionError(f"{int((~ready).sum())} rows have no response: run Generate first.")
+        task = JudgeTask(template, choice.settings)
         self.template = template
         self.keep_by = workbench.keep_by = default_measure(template)
-        task = JudgeTask(template, choice.settings)
-        async for update in self._run(task, dataframe_rows(workbench.frame), list(range(len(workbench))),
-                                      self._run_config(task, len(workbench)), choice, workbench.set_result, every_s):
-            yield update
+        return self._prepared(task, dataframe_rows(workbench.frame), list(range(len(workbench))), choice,
+                              workbench.set_result)
 
-    async def generate(self, choice: backends.Choice, every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+    def _prepare_generate(self, choice: backends.Choice) -> _Prepared:
         from backtrans.generate import ResponseTask
 
         workbench = self._loaded_workbench()
@@ -351,20 +391,12 @@ class Session:
         task = ResponseTask(load_template(default_template("generate")), choice.settings)
 
         def apply(index: int, result: dict) -> None:
-            workbench.frame.at[index, "generation"] = result.get("generation")
+            workbench.set_cell(index, "generation", result.get("generation"))
 
-        async for update in self._run(task, dataframe_rows(workbench.frame.loc[missing]), missing,
-                                      self._run_config(task, len(missing)), choice, apply, every_s):
-            yield update
+        return self._prepared(task, dataframe_rows(workbench.frame.loc[missing]), missing, choice, apply)
 
-    def generate_preview(self) -> pd.DataFrame:
-        if self.workbench is None:
-            return pd.DataFrame()
-        columns = [c for c in ("instruction", "generation", "source") if c in self.workbench.frame]
-        return self.workbench.frame[columns].head(8)
-
-    async def augment(self, files: list[tuple[str, str]], seeds: str | None, filters, choice: backends.Choice,
-                      every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+    def _prepare_augment(self, files: list[tuple[str, str]], seeds: str | None, filters,
+                         choice: backends.Choice) -> _Prepared:
         """Self-augmentation: documents -> segments -> filters -> an instruction for each segment.
 
         `files`: (uploaded path, original name) pairs; the copies keep the original names.
@@ -399,12 +431,42 @@ class Session:
         self._set_workbench(workbench, str(folder), label, "documents")
 
         def apply(index: int, result: dict) -> None:
-            workbench.frame.at[index, "instruction"] = result.get("instruction")
+            workbench.set_cell(index, "instruction", result.get("instruction"))
 
-        async for update in self._run(task, rows, list(range(len(rows))), self._run_config(task, len(rows)),
-                                      choice, apply, every_s):
-            update.filters = report
+        return self._prepared(task, rows, list(range(len(rows))), choice, apply, filters=report)
+
+    # Each job as a stream (the CLI-like caller follows it) and in the background (the app's pages read it).
+
+    async def judge(self, template: Template, choice: backends.Choice,
+                    every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+        """Score every row. Raises SessionError at once when the data is not ready."""
+        async for update in self._run(self._prepare_judge(template, choice), every_s):
             yield update
+
+    async def generate(self, choice: backends.Choice, every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+        async for update in self._run(self._prepare_generate(choice), every_s):
+            yield update
+
+    async def augment(self, files: list[tuple[str, str]], seeds: str | None, filters, choice: backends.Choice,
+                      every_s: float = 0.25) -> AsyncIterator[JobUpdate]:
+        async for update in self._run(self._prepare_augment(files, seeds, filters, choice), every_s):
+            yield update
+
+    def start_judge(self, template: Template, choice: backends.Choice, every_s: float = 0.5):
+        return self._start(self._prepare_judge(template, choice), every_s)
+
+    def start_generate(self, choice: backends.Choice, every_s: float = 0.5):
+        return self._start(self._prepare_generate(choice), every_s)
+
+    def start_augment(self, files: list[tuple[str, str]], seeds: str | None, filters, choice: backends.Choice,
+                      every_s: float = 0.5):
+        return self._start(self._prepare_augment(files, seeds, filters, choice), every_s)
+
+    def generate_preview(self) -> pd.DataFrame:
+        if self.workbench is None:
+            return pd.DataFrame()
+        columns = [c for c in ("instruction", "generation", "source") if c in self.workbench.frame]
+        return self.workbench.frame[columns].head(8)
 
     # --- runs ---------------------------------------------------------------------------------------------
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backtrans.jobs import Jobs
 from backtrans.limits import JobGate, Limits
 from backtrans.owners import Owner, on_space
 from backtrans.store import RunStore
@@ -27,6 +29,9 @@ class Workspace:
     limits: Limits = field(default_factory=Limits)
     gate: JobGate = field(default_factory=JobGate)
     local_files_dir: Path | None = None  # opt-in folder a workstation user may load from by name
+    jobs: Jobs = field(default_factory=Jobs)
+    max_sessions: int = 512  # owners whose rows stay in memory; the least recently seen idle one goes first
+    _sessions: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @classmethod
     def from_env(cls, default_dir: str | Path) -> Workspace:
@@ -44,9 +49,20 @@ class Workspace:
         return self.data_dir / "owners" / owner.folder
 
     def session(self, owner: Owner) -> Session:
+        """The owner's one session in this process: every page of the same owner (a reopened tab, the same
+        account elsewhere) sees the same rows and the same running job."""
         from backtrans.session import Session
 
-        return Session(self, owner)
+        session = self._sessions.get(owner.key)
+        if session is None:
+            session = self._sessions[owner.key] = Session(self, owner)
+        self._sessions.move_to_end(owner.key)
+        while len(self._sessions) > self.max_sessions:
+            idle = next((key for key in self._sessions if not self.jobs.running(key)), None)
+            if idle is None:
+                break
+            del self._sessions[idle]  # its runs stay in the store: the owner resumes from the run list
+        return session
 
     def browser_secret(self) -> str:
         """What the page's browser storage is encrypted with. It must outlive restarts, or every visitor loses

@@ -382,7 +382,7 @@ def test_on_a_space_no_spelling_of_the_spaces_own_network_starts_a_job_and_off_i
     monkeypatch.setenv(egress.ALLOWED_ENV, f"localhost:{fake_llm.port}")
     allowed = session.choose_backend("custom", "fake", f"http://localhost:{fake_llm.port}/v1")
     assert allowed.settings.public_only and _drain(session.judge(session.resolve_template("humpback"), allowed,
-                                                                 every_s=0))[-1].message.startswith("**Done:** 30")
+                                                                 every_s=0))[-1].progress.ok == 30
     monkeypatch.delenv(egress.ALLOWED_ENV)
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url)
     monkeypatch.setenv("BACKTRANS_MODEL", "fake")
@@ -396,8 +396,8 @@ def test_on_a_space_no_spelling_of_the_spaces_own_network_starts_a_job_and_off_i
     assert not local.settings.public_only
     session.load_sample()
     updates = _drain(session.judge(session.resolve_template("humpback-short"), local, every_s=0))
-    assert updates[-1].message.startswith("**Done:** 30 rows") and fake_llm.requests == 90
-    assert session.bench.frame["score"].notna().all()
+    assert updates[-1].done and updates[-1].progress.ok == 30 and fake_llm.requests == 90
+    assert session.workbench.frame["score"].notna().all()
 
 
 @pytest.mark.parametrize("transport", ["lean", "openai-httpx"])
@@ -414,9 +414,9 @@ def test_on_a_space_a_name_rebound_to_loopback_after_start_fails_each_row_with_t
     choice = session.choose_backend("custom", "fake", f"http://rebind.example.com:{fake_llm.port}/v1")
     answers.names["rebind.example.com"] = ["127.0.0.1"]  # between Start and the first connect
     updates = _drain(session.judge(session.resolve_template("humpback"), choice, every_s=0))
-    assert "30 LLM errors" in updates[-1].message, updates[-1].message
-    assert set(session.bench.frame["error"]) == {egress.REFUSAL}
-    shown = json.dumps([u.message for u in updates]) + session.review(ALL, 4).table.to_json()
+    assert updates[-1].progress.llm_error == 30
+    assert set(session.workbench.frame["error"]) == {egress.REFUSAL}
+    shown = json.dumps([str(vars(u)) for u in updates]) + session.review(ALL, 4).rows.to_json()
     assert "127.0.0.1" not in shown and "Errno" not in shown
     assert fake_llm.connections == 0 and fake_llm.requests == 0
 
