@@ -496,13 +496,13 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
             gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
                         "suggestions; pull the reviewers' decisions back. Uses `ARGILLA_API_URL` and "
                         "`ARGILLA_API_KEY`.")
-            from backtrans import argilla_sync
+            from backtrans import argilla
 
             with gr.Row():
                 argilla_dataset = gr.Textbox("backtrans-review", label="Dataset", elem_id="argilla-dataset")
-                argilla_workspace = gr.Textbox(argilla_sync.DEFAULT_WORKSPACE, label="Workspace",
+                argilla_workspace = gr.Textbox(argilla.DEFAULT_WORKSPACE, label="Workspace",
                                                elem_id="argilla-workspace")
-                policy = gr.Dropdown(list(argilla_sync.POLICIES), value="majority", label="Several reviewers",
+                policy = gr.Dropdown(list(argilla.POLICIES), value="majority", label="Several reviewers",
                                      elem_id="argilla-policy")
             with gr.Accordion("Plan review: spend a review budget well", open=False, elem_id="plan-review"):
                 gr.Markdown("Pick at most *budget* pairs for reviewers, stratified across bands of the judge's "

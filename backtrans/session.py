@@ -597,23 +597,23 @@ class Session:
 
     def argilla_push(self, dataset: str, workspace: str, threshold: float, on_progress=None) -> str:
         """The review plan's rows when there is a plan (with its design in the guidelines), else every row."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
 
         if self.bench is None or not len(self.bench):
             return "Judge some data first."
         name = self.argilla_dataset_name(dataset)
         try:
-            config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
+            config = argilla.ArgillaConfig.from_env(workspace=workspace or None)
             options = {"template": self.template, "threshold": threshold, "by": self.bench.keep_by,
                        "on_progress": on_progress}
             if self.review_plan is None:
-                reports = argilla_sync.push_rows(self.bench.all_rows(), name, config, **options)
+                reports = argilla.push_rows(self.bench.all_rows(), name, config, **options)
             else:
                 planned, summary = self.review_plan
                 rows = [{k: plain_value(v) for k, v in row.items() if k not in ("row", "final_keep")}
                         for row in planned.to_dict("records")]
-                reports = argilla_sync.push_rows(rows, name, config, design=summary.describe(), **options)
-        except argilla_sync.ArgillaError as exc:
+                reports = argilla.push_rows(rows, name, config, design=summary.describe(), **options)
+        except argilla.ArgillaError as exc:
             return f"**Push failed.** {exc}"
         what = "records of the review plan" if self.review_plan is not None else "records"
         places = " and ".join(f"[{r.workspace}/{r.dataset}]({r.url})" for r in reports)
@@ -621,17 +621,18 @@ class Session:
 
     def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float):
         """Reviewers' decisions merged into the rows; returns (message, report text, confusion, disagreements)."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
+        from backtrans.cli import format_report
 
         empty = pd.DataFrame(columns=["LLM", "human", "pairs"])
         if self.bench is None or not len(self.bench):
             return "Judge some data first.", "", empty, pd.DataFrame()
         bench = self.bench
         try:
-            config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            decisions, merged, report = argilla_sync.pull_merged(bench.all_rows(), self.argilla_dataset_name(dataset),
-                                                                 config, policy, threshold, bench.keep_by)
-        except argilla_sync.ArgillaError as exc:
+            config = argilla.ArgillaConfig.from_env(workspace=workspace or None)
+            decisions, merged, report = argilla.pull_merged(bench.all_rows(), self.argilla_dataset_name(dataset),
+                                                            config, policy, threshold, bench.keep_by)
+        except argilla.ArgillaError as exc:
             return f"**Pull failed.** {exc}", "", empty, pd.DataFrame()
         for column in ("human_keep", "human_score", "human_note", "reviewer", "human_votes"):
             bench.frame[column] = [row[column] for row in merged]
@@ -643,14 +644,14 @@ class Session:
         columns = ("instruction", "generation", "score", "expected_score", "reason", "human_keep", "human_score",
                    "human_note", "reviewer")
         disagree = pd.DataFrame([{k: row.get(k) for k in columns}
-                                 for row in merged if argilla_sync.record_id(row) in disagreements],
+                                 for row in merged if argilla.record_id(row) in disagreements],
                                 columns=list(columns)).rename(columns=HEADERS)
-        pulled = argilla_sync.summary(decisions)
+        pulled = argilla.summary(decisions)
         reviewers = pulled["reviewers"]
-        who = (f", from {argilla_sync.counted(len(reviewers), 'reviewer')} ({', '.join(reviewers)})"
+        who = (f", from {argilla.counted(len(reviewers), 'reviewer')} ({', '.join(reviewers)})"
                if reviewers else ", no reviewer has answered yet")
         message = f"Pulled **{pulled['records']}** records: **{pulled['decisions']}** with a reviewer's decision{who}."
-        return message, "```\n" + argilla_sync.format_report(report) + "\n```", confusion, disagree
+        return message, "```\n" + format_report(report) + "\n```", confusion, disagree
 
     def review_estimates(self, target_precision: float = 0.9):
         """After a pull: the calibration curve, precision and recall against the threshold with their intervals,
