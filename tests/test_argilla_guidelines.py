@@ -1,13 +1,28 @@
 """What reviewers read at the top of a dataset: the task, the judge's rubric, how the records were chosen."""
 
 from backtrans.argilla.guidelines import GUIDELINES_MAX, guidelines, plan_design
-from backtrans.templates import load_template
+from backtrans.templates import load_template, parse_template
+
+# Bug 1 of issue 17: a judge template that uses one of the dataset's own columns beside the pair.
+WITH_ID = ("{#- name: mine\nkind: judge\nscore_range: 1-5 -#}\n"
+           "Row {{ id }}.\nInstruction: {{ instruction }}\nAnswer: {{ generation }}\nScore: <1-5>\n")
 
 
 def test_the_bundled_rubric_shows_where_the_pair_goes():
     text = guidelines(load_template("humpback"))
     assert "template `humpback`" in text and "(1-5)" in text
     assert "<instruction>\n<answer>" in text and "Score: <rating>" in text
+
+
+def test_guidelines_render_a_template_that_uses_a_dataset_column():
+    text = guidelines(parse_template(WITH_ID, "mine"))
+    assert "Row <id>." in text and "Instruction: <instruction>" in text and "Answer: <answer>" in text
+
+
+def test_a_template_a_placeholder_cannot_fill_shows_as_its_own_text():
+    source = "{#- name: sums\nkind: judge -#}\nRow {{ id + 1 }}: {{ instruction }} / {{ generation }}\n"
+    text = guidelines(parse_template(source, "sums"))
+    assert "Row {{ id + 1 }}: {{ instruction }} / {{ generation }}" in text
 
 
 def test_design_is_appended_to_the_guidelines_within_the_servers_limit():

@@ -7,6 +7,7 @@ import pytest
 from backtrans.argilla import ArgillaError, dataset_settings, pull, pull_plan, push, push_plan, push_rows, record_id
 from backtrans.templates import load_template
 from tests.conftest import argilla_sdk, scored_rows
+from tests.test_argilla_guidelines import WITH_ID
 
 
 def test_push_200_records_and_read_them_back(argilla_stack, argilla_config):
@@ -32,6 +33,18 @@ def test_push_200_records_and_read_them_back(argilla_stack, argilla_config):
     assert "rubric" in dataset.settings.guidelines and "Score: <rating>" in dataset.settings.guidelines
 
 
+def test_a_custom_template_that_uses_a_dataset_column_reaches_argilla(argilla_stack, argilla_config, tmp_path):
+    # Bug 1 of issue 17: the guidelines rendered the template without the dataset's columns, and the push failed.
+    template = tmp_path / "mine.jinja2"
+    template.write_text(WITH_ID, encoding="utf-8")
+    rows = [{**row, "id": number} for number, row in enumerate(scored_rows(3, "own-column"))]
+    report = push(rows, "own-column", argilla_config, template=str(template))
+    assert report.pushed == 3
+    dataset = argilla_sdk(argilla_stack).datasets(name="own-column", workspace="backtrans")
+    assert "Row <id>." in dataset.settings.guidelines
+    assert {r.metadata["template"] for r in dataset.records()} == {"mine"}
+
+
 def test_push_to_a_dataset_with_other_questions_fails_clearly(argilla_stack, argilla_config):
     client = argilla_sdk(argilla_stack)
     settings = rg.Settings(fields=[rg.TextField(name="text")],
@@ -39,7 +52,7 @@ def test_push_to_a_dataset_with_other_questions_fails_clearly(argilla_stack, arg
     rg.Dataset(name="other-shape", workspace="backtrans", settings=settings, client=client).create()
     with pytest.raises(ArgillaError, match="other fields or questions") as info:
         push(scored_rows(2), "other-shape", argilla_config)
-    assert "push to a new dataset name" in str(info.value)
+    assert "push to a new dataset name" in str(info.value) and "retry" not in str(info.value)
 
 
 def test_missing_metadata_is_added_to_an_existing_dataset(argilla_stack, argilla_config):

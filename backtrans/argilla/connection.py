@@ -1,4 +1,9 @@
-"""Where an Argilla server is, the client that reaches it, and what a failure there says (the URL, never the key)."""
+"""Where an Argilla server is, the client that reaches it, and what a failure there says.
+
+A failure names the URL, never the key, and says that the local results are intact. It says "retry later" only
+where a retry can help: the server did not answer, or answered that it is busy or broken (5xx, 429). A refused key,
+a request the server rejects, or a fault on our side needs a change first, and the message says what it was.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ DEFAULT_WORKSPACE = "backtrans"
 PAGE = 1000  # the server's largest page for listing records
 # Words of the failures where the server never answered (the SDK passes httpx's transport errors through).
 _UNANSWERED = ("connect", "refused", "timed out", "timeout", "name or service")
+_BUSY = (408, 429)  # with every 5xx: the server may answer the same request later
 
 
 class ArgillaError(RuntimeError):
@@ -36,17 +42,27 @@ class ArgillaConfig:
         return cls(url.rstrip("/"), api_key, workspace or os.environ.get("ARGILLA_WORKSPACE", DEFAULT_WORKSPACE))
 
 
+def _status_code(exc: BaseException) -> int | None:
+    """The HTTP status of a failed request: the SDK's errors carry `status_code`, httpx's a `response`."""
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 def failure(config: ArgillaConfig, action: str, exc: BaseException) -> ArgillaError:
     """`action` ("pushing records 1-200") failed with `exc`: the error a face shows."""
     detail = redact(f"{type(exc).__name__}: {exc}", config.api_key)
     lowered = detail.lower()
-    if "401" in detail or "unauthorized" in lowered or "credentials" in lowered:
-        hint = "the API key was refused"
-    elif any(word in lowered for word in _UNANSWERED):
-        hint = "the server did not answer"
+    status = _status_code(exc)
+    if status == 401 or "401" in detail or "unauthorized" in lowered or "credentials" in lowered:
+        hint, retry = "the API key was refused", False
+    elif status is None and any(word in lowered for word in _UNANSWERED):
+        hint, retry = "the server did not answer", True
     else:
-        hint = detail[:300]
-    return ArgillaError(f"{action} at Argilla {config.url} failed: {hint}. Local results are intact; retry later.")
+        hint, retry = detail[:300], status is not None and (status >= 500 or status in _BUSY)
+    advice = "Local results are intact; retry later." if retry else "Local results are intact."
+    return ArgillaError(f"{action} at Argilla {config.url} failed: {hint}. {advice}")
 
 
 @contextmanager

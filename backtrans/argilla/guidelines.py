@@ -5,11 +5,21 @@ from __future__ import annotations
 from backtrans.templates import Template
 
 GUIDELINES_MAX = 10000  # argilla-server rejects longer guidelines
+# Where the pair goes in the rubric; every other column a template uses shows as <its name>.
+PAIR_PLACEHOLDERS = {"instruction": "<instruction>", "generation": "<answer>"}
 
 
 def rubric(template: Template) -> str:
-    """The judge's prompt with placeholders where the pair goes."""
-    return template.render(instruction="<instruction>", generation="<answer>")
+    """The judge's prompt with placeholders where each row's values go.
+
+    The guidelines are one text for the whole dataset, so no row's own values belong in them. A template that
+    needs a real value where a placeholder stands (a filter, arithmetic, a loop over a column) shows as its own
+    text: the judge has already rendered it for every row, and the rubric must never be why a push fails."""
+    values = {name: f"<{name}>" for name in template.variables} | PAIR_PLACEHOLDERS
+    try:
+        return template.render(**values)
+    except Exception:  # TemplateError, or a TypeError from a placeholder where a number was wanted
+        return template.source
 
 
 def guidelines(template: Template, design: str | None = None) -> str:
