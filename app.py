@@ -835,15 +835,15 @@ def _review_step(page: SimpleNamespace) -> None:
 
 
 def _argilla_step(page: SimpleNamespace) -> None:
-    from backtrans import argilla_sync
+    from backtrans import argilla
 
     gr.Markdown("Send the pairs to [Argilla](https://argilla.io) for review, with the judge's verdicts as "
                 "suggestions; pull the reviewers' decisions back. Uses `ARGILLA_API_URL` and `ARGILLA_API_KEY`.")
     with gr.Row():
         page.argilla_dataset = gr.Textbox("backtrans-review", label="Dataset", elem_id="argilla-dataset")
-        page.argilla_workspace = gr.Textbox(argilla_sync.DEFAULT_WORKSPACE, label="Workspace",
+        page.argilla_workspace = gr.Textbox(argilla.DEFAULT_WORKSPACE, label="Workspace",
                                             elem_id="argilla-workspace")
-        page.policy = gr.Dropdown(list(argilla_sync.POLICIES), value="majority", label="Several reviewers",
+        page.policy = gr.Dropdown(list(argilla.POLICIES), value="majority", label="Several reviewers",
                                   elem_id="argilla-policy")
     with gr.Accordion("Plan review: spend a review budget well", open=False, elem_id="plan-review"):
         gr.Markdown("Pick at most *budget* pairs for reviewers, stratified across bands of the judge's "

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from backtrans.argilla_sync import POLICIES, ArgillaError
+from backtrans.argilla import POLICIES, ArgillaError
 from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
 from backtrans.export import ExportError
 from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
@@ -306,6 +306,23 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_report(report: dict) -> str:
+    """A pull's agreement report (`argilla.pull_merged`'s, plain numbers) as the lines the CLI prints."""
+    c = report["confusion"]
+    lines = [
+        f"Agreement of the LLM's keep ({report['by']} >= {report['threshold']:g}) with the reviewers, "
+        f"over {report['reviewed']} reviewed pairs:",
+        f"  precision {report['precision']}  recall {report['recall']}  F1 {report['f1']}  "
+        f"accuracy {report['accuracy']}  Cohen's kappa {report['cohen_kappa']}",
+        f"  Spearman (LLM score vs human score, {report['scored_by_both']} pairs): {report['spearman']}",
+        "                    human keep   human discard",
+        f"  LLM keep          {c['llm_keep_human_keep']:>10}   {c['llm_keep_human_discard']:>13}",
+        f"  LLM discard       {c['llm_discard_human_keep']:>10}   {c['llm_discard_human_discard']:>13}",
+        "  annotators: " + ("; ".join(f"{user} {counts}" for user, counts in report["annotators"].items()) or "none"),
+    ]
+    return "\n".join(lines)
+
+
 def cmd_argilla(args: argparse.Namespace) -> int:
     session = _session(args)
     if args.argilla_command == "push":
@@ -324,8 +341,6 @@ def cmd_argilla(args: argparse.Namespace) -> int:
             print(f"pushed {report.pushed} records{already} to {report.workspace}/{report.dataset}: {report.url}",
                   file=sys.stderr)
         return 0
-    from backtrans.argilla_sync import format_report
-
     outcome = session.argilla_pull(args.dataset, args.output, workspace=args.workspace, scored=args.scored,
                                    policy=args.policy, threshold=args.min_score, by=args.by, report_path=args.report)
     print(outcome.summary, file=sys.stderr)

@@ -306,11 +306,11 @@ class FileSession:
                      on_progress: Callable[[int, int], None] | None = None):
         """Every row of a scored file, or of a review plan (its design into the guidelines, its overlap share
         to a dataset that asks two reviewers). `on_progress(sent, total)`. Returns the push reports."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
 
-        config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
+        config = argilla.ArgillaConfig.from_env(workspace=workspace)
         rows = [located.row for located in iter_rows(source)]
-        return argilla_sync.push_rows(rows, dataset, config, design=design, overlap=overlap,
+        return argilla.push_rows(rows, dataset, config, design=design, overlap=overlap,
                                       template=template or default_template(),
                                       threshold=threshold, by=by, batch_size=batch_size, resume=resume,
                                       on_progress=(lambda n: on_progress(n, len(rows))) if on_progress else None)
@@ -319,18 +319,18 @@ class FileSession:
                      policy: str = "majority", threshold: float = DEFAULT_THRESHOLD, by: str = DEFAULT_MEASURE,
                      report_path: str | None = None) -> PullOutcome:
         """Reviewers' decisions merged into the scored file's rows (default: the rows rebuilt from Argilla)."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
 
-        config = argilla_sync.ArgillaConfig.from_env(workspace=workspace)
+        config = argilla.ArgillaConfig.from_env(workspace=workspace)
         rows = [located.row for located in iter_rows(scored)] if scored else None
-        decisions, merged, report = argilla_sync.pull_merged(rows, dataset, config, policy, threshold,
-                                                             check_measure(by))
+        decisions, merged, report = argilla.pull_merged(rows, dataset, config, policy, threshold,
+                                                        check_measure(by))
         with RowWriter(output) as writer:
             for row in merged:
                 writer.write(row)
         if report_path:
             Path(report_path).write_text(json.dumps(report, indent=2))
-        return PullOutcome(argilla_sync.format_summary(argilla_sync.summary(decisions)), report, len(merged),
+        return PullOutcome(argilla.format_summary(argilla.summary(decisions)), report, len(merged),
                            sum(1 for row in merged if row["final_keep"]))
 
 

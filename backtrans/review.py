@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from backtrans.decisions import check_measure, measure_in
+from backtrans.decisions import check_measure, human_keep, judge_keeps, measure_in
 from backtrans.records import missing
 
 Z95 = 1.959963984540054
@@ -421,6 +422,8 @@ def _votes(value: object) -> dict[str, bool]:
 
 
 def cohen_kappa(pairs: list[tuple[bool, bool]]) -> float | None:
+    """Cohen's kappa of two raters' keep/discard over the same items; None for no items. Where chance agreement is
+    certain (both raters gave every item one and the same label) agreement is perfect, and kappa is 1."""
     n = len(pairs)
     if n == 0:
         return None
@@ -464,3 +467,63 @@ def reviewer_agreement(rows: Iterable[dict] | pd.DataFrame, seed: int = 0, resam
         low, high = draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
     agreement = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
     return ReviewerAgreement(len(pairs), agreement, Interval(kappa, low, high), dict(sorted(per_reviewer.items())))
+
+
+# --- the judge against the reviewers -----------------------------------------------------------------------
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (ties at their average rank); None under two pairs or for a constant side."""
+    if len(xs) < 2:
+        return None
+    # Pearson's of the ranks: pandas' own method="spearman" needs scipy, which the core does not.
+    value = pd.Series(xs, dtype=float).rank().corr(pd.Series(ys, dtype=float).rank())
+    return None if math.isnan(value) else round(float(value), 4)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def judge_agreement(rows: Iterable[dict], threshold: float, by: str = "score",
+                    key: Callable[[dict], object] | None = None) -> dict:
+    """The judge's keep (its measure >= threshold) against the reviewers' (`human_keep`) over the rows both
+    decided: precision, recall and F1 of the judge's keep, accuracy, Cohen's kappa, the confusion matrix, and
+    Spearman's correlation of `score` with `human_score` where both are numbers. Plain data, None where a figure
+    is undefined. `disagreements` names the rows where the two differ by `key(row)` (default: the row's position).
+    """
+    decided: list[tuple[bool, bool]] = []  # (judge keeps, reviewers keep)
+    disagreements = []
+    scores = []
+    for position, row in enumerate(rows):
+        human, judge = human_keep(row), judge_keeps(row, threshold, by)
+        if human is None or judge is None:
+            continue
+        decided.append((judge, human))
+        if judge != human:
+            disagreements.append(key(row) if key else position)
+        scores.append((row.get("score"), row.get("human_score")))
+    cells = Counter(decided)
+    tp, fp, fn, tn = cells[True, True], cells[True, False], cells[False, True], cells[False, False]
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    both = pd.DataFrame(scores, columns=["judge", "human"], dtype=object).apply(pd.to_numeric, errors="coerce")
+    both = both.dropna()
+    return {
+        "threshold": threshold,
+        "by": by,
+        "reviewed": len(decided),
+        "precision": _round(precision),
+        "recall": _round(recall),
+        "f1": _round(f1),
+        "accuracy": _round((tp + tn) / len(decided) if decided else None),
+        "cohen_kappa": _round(cohen_kappa(decided)),
+        "confusion": {"llm_keep_human_keep": tp, "llm_keep_human_discard": fp,
+                      "llm_discard_human_keep": fn, "llm_discard_human_discard": tn},
+        "spearman": spearman(list(both["judge"]), list(both["human"])),
+        "scored_by_both": len(both),
+        "disagreements": disagreements,
+    }

@@ -610,7 +610,7 @@ class Session:
                      on_progress: Callable[[int, int], None] | None = None) -> list:
         """The review plan's rows when there is a plan (with its design in the guidelines), else every row.
         `on_progress(sent, total)`. Returns the push reports; an Argilla problem raises SessionError."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
 
         workbench = self._loaded_workbench()
         name = self.argilla_dataset_name(dataset)
@@ -622,25 +622,25 @@ class Session:
                     for row in planned.to_dict("records")]
             design = summary.describe()
         try:
-            config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            return argilla_sync.push_rows(rows, name, config, template=self.template, threshold=threshold,
+            config = argilla.ArgillaConfig.from_env(workspace=workspace or None)
+            return argilla.push_rows(rows, name, config, template=self.template, threshold=threshold,
                                           by=workbench.keep_by, design=design,
                                           on_progress=(lambda n: on_progress(n, len(rows))) if on_progress else None)
-        except argilla_sync.ArgillaError as exc:
+        except argilla.ArgillaError as exc:
             raise SessionError(str(exc)) from None
 
     def argilla_pull(self, dataset: str, workspace: str, policy: str, threshold: float) -> PullResult:
         """Reviewers' decisions merged into the rows, with the agreement report and the pairs where reviewers
         and the judge disagree."""
-        from backtrans import argilla_sync
+        from backtrans import argilla
 
         workbench = self._loaded_workbench()
         try:
-            config = argilla_sync.ArgillaConfig.from_env(workspace=workspace or None)
-            decisions, merged, report = argilla_sync.pull_merged(
+            config = argilla.ArgillaConfig.from_env(workspace=workspace or None)
+            decisions, merged, report = argilla.pull_merged(
                 workbench.all_rows(), self.argilla_dataset_name(dataset), config, policy, threshold,
                 workbench.keep_by)
-        except argilla_sync.ArgillaError as exc:
+        except argilla.ArgillaError as exc:
             raise SessionError(str(exc)) from None
         for column in ("human_keep", "human_score", "human_note", "reviewer", "human_votes"):
             workbench.frame[column] = [row[column] for row in merged]
@@ -648,8 +648,8 @@ class Session:
         columns = ["instruction", "generation", "score", "expected_score", "reason", "human_keep", "human_score",
                    "human_note", "reviewer"]
         disagreements = pd.DataFrame([{k: row.get(k) for k in columns} for row in merged
-                                      if argilla_sync.record_id(row) in disagreeing], columns=columns)
-        return PullResult(argilla_sync.summary(decisions), report, disagreements)
+                                      if argilla.record_id(row) in disagreeing], columns=columns)
+        return PullResult(argilla.summary(decisions), report, disagreements)
 
     def review_estimate(self, target_precision: float = 0.9) -> Estimates:
         """After a pull: the calibration curve, precision and recall against the threshold with their intervals,

@@ -3,8 +3,8 @@
 Starts its own Argilla stack (argilla-server on osmem, redis, worker) in a temp folder, then:
 - bare: the same records built by hand with the SDK and logged with `dataset.records.log` into a dataset with the
   same settings (the floor: what any tool must pay the server);
-- backtrans: `argilla_sync.push` of the same scored rows (settings checks, content-hash ids, suggestions, metadata);
-- pull: `argilla_sync.pull` (every response of every record) and the merge;
+- backtrans: `argilla.push` of the same scored rows (settings checks, content-hash ids, suggestions, metadata);
+- pull: `argilla.pull` (every response of every record) and the merge;
 and prints the times and backtrans' overhead over bare. Each push is repeated and the median reported.
 
     .venv/bin/python bench/argilla_push.py [--records 1000] [--repeats 3]
@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backtrans import argilla_sync as A  # noqa: E402
+from backtrans import argilla as A  # noqa: E402
 from backtrans import local  # noqa: E402
 from backtrans.templates import load_template  # noqa: E402
 

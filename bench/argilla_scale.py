@@ -2,11 +2,11 @@
 
 Starts its own Argilla stack (argilla-server on osmem, redis, worker) in a temp folder. Each phase runs in its
 own child process so that its peak memory (ru_maxrss) is its own:
-- push: `argilla_sync.push` of N scored rows made on the fly, batches of --batch-size; the rate per quarter
+- push: `argilla.push` of N scored rows made on the fly, batches of --batch-size; the rate per quarter
   of the run shows whether it slows as the dataset grows (what an extrapolation to 100k rests on);
 - rerun: the same push again, which lists the ids and push hashes on the server and sends nothing
   (the cost of resuming a finished push);
-- pull: `argilla_sync.pull` of every record with its responses, and the merge.
+- pull: `argilla.pull` of every record with its responses, and the merge.
 Then the peak resident memory (VmHWM) of each server process.
 
     .venv/bin/python bench/argilla_scale.py [--records 20000] [--batch-size 500]
@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backtrans import argilla_sync as A  # noqa: E402
+from backtrans import argilla as A  # noqa: E402
 
 DATASET = "scale"
 

@@ -124,7 +124,7 @@ def argilla_stack(tmp_path_factory) -> local.ArgillaStack:
 
 @pytest.fixture
 def argilla_config(argilla_stack):
-    from backtrans.argilla_sync import ArgillaConfig
+    from backtrans.argilla import ArgillaConfig
 
     return ArgillaConfig(argilla_stack.url, argilla_stack.api_key)
 
@@ -159,6 +159,28 @@ class Annotator:
         reply = self.session.post(f"{self.url}/api/v1/records/{record_server_id}/responses",
                                   json={"values": values, "status": status})
         assert reply.status_code == 201, reply.text
+
+
+def scored_rows(n: int, prefix: str = "q") -> list[dict]:
+    """Judged pairs as a scored file holds them: scores 1..5 in turn, an expected score on every other row."""
+    return [
+        {"instruction": f"{prefix} {i}?", "generation": f"answer {i}.", "score": i % 5 + 1, "reason": f"reason {i}",
+         "model_name": "judge-m", "expected_score": round(i % 5 + 1 - 0.25, 2) if i % 2 else None, "status": "ok"}
+        for i in range(n)
+    ]
+
+
+def argilla_sdk(stack: local.ArgillaStack):
+    """The SDK's own client, to check what the server holds without our code in between."""
+    import argilla as rg
+
+    return rg.Argilla(api_url=stack.url, api_key=stack.api_key)
+
+
+def server_ids(stack: local.ArgillaStack, dataset: str) -> dict[str, object]:
+    """Record id (ours) -> the server's id, which the web UI's REST path (`Annotator.respond`) takes."""
+    records = argilla_sdk(stack).datasets(name=dataset, workspace="backtrans").records(with_responses=False)
+    return {str(r.id): r._server_id for r in records}
 
 
 @pytest.fixture(scope="session")

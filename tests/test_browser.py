@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from backtrans import argilla_sync as A
+from backtrans import argilla as A
 from tests.conftest import ROOT, Annotator, AppServer, write_jsonl
 
 SCREENSHOTS = Path(os.environ["BACKTRANS_SCREENSHOTS"]) if os.environ.get("BACKTRANS_SCREENSHOTS") else None

@@ -189,3 +189,16 @@ def test_review_plan_estimate_and_a_calibrated_curate(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["curate", str(reviewed), "-o", str(tmp_path / "x.jsonl"), "--threshold-from",
                  str(tmp_path / "bad.json")]) == 2
+
+
+def test_format_report_prints_a_pulls_agreement_report():
+    from backtrans.cli import format_report
+    from backtrans.review import judge_agreement
+
+    rows = [{"score": 5, "human_keep": True}, {"score": 4, "human_keep": False}, {"score": 1, "human_keep": False}]
+    report = {**judge_agreement(rows, 4), "annotators": {"ann": {"keep": 1, "discard": 2}}}
+    text = format_report(report)
+    assert "(score >= 4) with the reviewers, over 3 reviewed pairs" in text
+    assert "precision 0.5  recall 1.0  F1 0.6667  accuracy 0.6667  Cohen's kappa 0.4" in text
+    assert "  LLM keep                   1               1" in text
+    assert "annotators: ann {'keep': 1, 'discard': 2}" in text

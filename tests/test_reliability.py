@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backtrans import argilla_sync as A
+from backtrans import argilla as A
 from backtrans import local
 from backtrans.limits import Limits
 from backtrans.owners import owner_for

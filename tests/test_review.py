@@ -117,6 +117,56 @@ def test_reviewer_agreement_on_the_overlap():
     result = review.reviewer_agreement(pd.DataFrame({"human_votes": votes}))
     assert result.items == 90 and result.agreement == pytest.approx(80 / 90)
     assert result.kappa.low < result.kappa.estimate < result.kappa.high
-    assert result.kappa.estimate == pytest.approx(review.cohen_kappa([(True, True)] * 40 + [(False, False)] * 40
-                                                                     + [(True, False)] * 10))
+    # po = 80/90; first keeps 50/90, second 40/90: pe = (50*40 + 40*50)/90^2; (po - pe)/(1 - pe) = 3200/4100
+    assert result.kappa.estimate == pytest.approx(32 / 41)
     assert result.per_reviewer == {"ann": 120, "bob": 90}
+
+
+def test_cohen_kappa_against_hand_computed_figures():
+    # Both keep 20, both discard 15, only the first keeps 5, only the second 10: po = 0.7, pe = 0.5*0.6 + 0.5*0.4
+    pairs = [(True, True)] * 20 + [(True, False)] * 5 + [(False, True)] * 10 + [(False, False)] * 15
+    assert review.cohen_kappa(pairs) == pytest.approx(0.4)
+    assert review.cohen_kappa([(True, False), (False, True)]) == pytest.approx(-1.0)
+    assert review.cohen_kappa([(True, True)] * 3) == 1.0  # one label, always agreed on: perfect, not undefined
+    assert review.cohen_kappa([]) is None
+
+
+def test_spearman_ranks_ties_at_their_average_and_is_none_where_undefined():
+    assert review.spearman([1, 2, 3], [10, 20, 30]) == 1.0 and review.spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    # ranks x: 1 2.5 2.5 4, y: 1 2 3 4 -> Pearson of the ranks
+    assert review.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5), abs=1e-4)
+    assert review.spearman([4, 4, 4], [1, 2, 3]) is None and review.spearman([1], [1]) is None
+
+
+def test_judge_agreement_against_hand_computed_figures():
+    rows = [  # the judge keeps score >= 4
+        {"instruction": "1", "score": 5, "human_keep": True, "human_score": 5},   # TP
+        {"instruction": "2", "score": 4, "human_keep": True, "human_score": 4},   # TP
+        {"instruction": "3", "score": 4, "human_keep": False, "human_score": 2},  # FP
+        {"instruction": "4", "score": 2, "human_keep": True, "human_score": 3},   # FN
+        {"instruction": "5", "score": 1, "human_keep": False, "human_score": 1},  # TN
+        {"instruction": "6", "score": 3, "human_keep": False},                    # TN, no human score
+        {"instruction": "7", "score": 5, "human_keep": None},                     # not reviewed
+        {"instruction": "8", "score": None, "human_keep": True},                  # not scored
+        {"instruction": "9", "score": 5, "human_keep": float("nan")},             # not reviewed (a file's NaN)
+    ]
+    report = review.judge_agreement(rows, 4)
+    assert (report["threshold"], report["by"], report["reviewed"]) == (4, "score", 6)
+    assert report["confusion"] == {"llm_keep_human_keep": 2, "llm_keep_human_discard": 1,
+                                   "llm_discard_human_keep": 1, "llm_discard_human_discard": 2}
+    assert report["precision"] == report["recall"] == report["f1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
+    # po = 4/6, pe = (3*3 + 3*3)/36 = 0.5 -> (0.6667 - 0.5) / 0.5
+    assert report["cohen_kappa"] == pytest.approx(1 / 3, abs=1e-4)
+    # (5,5) (4,4) (4,2) (2,3) (1,1): ranks 5 3.5 3.5 2 1 and 5 4 2 3 1
+    assert report["scored_by_both"] == 5 and report["spearman"] == pytest.approx(0.8208, abs=1e-4)
+    assert report["disagreements"] == [2, 3]
+    assert review.judge_agreement(rows, 4, key=lambda row: row["instruction"])["disagreements"] == ["3", "4"]
+
+
+def test_judge_agreement_is_none_where_a_figure_is_undefined():
+    report = review.judge_agreement([{"score": 2, "human_keep": False}], 4)
+    assert report["precision"] is None and report["recall"] is None and report["f1"] is None
+    assert report["spearman"] is None and report["cohen_kappa"] == 1.0 and report["accuracy"] == 1.0
+    empty = review.judge_agreement([], 4)
+    assert empty["reviewed"] == 0 and empty["accuracy"] is None and empty["cohen_kappa"] is None

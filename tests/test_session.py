@@ -434,7 +434,7 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
                                                                  monkeypatch):
     import argilla as rg
 
-    from backtrans import argilla_sync
+    from backtrans import argilla
     from tests.conftest import Annotator
 
     monkeypatch.setenv("ARGILLA_API_URL", argilla_stack.url)
@@ -463,9 +463,9 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     first, second = Annotator(argilla_stack, "plan-ann"), Annotator(argilla_stack, "plan-bob")
     for row in planned.to_dict("records"):
         good = row["score"] >= 3  # the reviewers' truth: a little more generous than the judge's A4
-        first.respond(server_ids[argilla_sync.record_id(row)], "keep" if good else "discard")
+        first.respond(server_ids[argilla.record_id(row)], "keep" if good else "discard")
         if row["overlap"]:
-            second.respond(server_ids[argilla_sync.record_id(row)], "keep" if good or row["score"] == 2 else "discard")
+            second.respond(server_ids[argilla.record_id(row)], "keep" if good or row["score"] == 2 else "discard")
     pulled = session.argilla_pull("plan-review", "backtrans", "any-discard", 4)
     assert (pulled.summary["records"], pulled.summary["decisions"]) == (40, 40)
     assert sorted(pulled.summary["reviewers"]) == ["plan-ann", "plan-bob"]

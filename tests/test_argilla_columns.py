@@ -1,0 +1,104 @@
+"""The record layout: one column table drives the dataset settings, the record written and the row read back."""
+
+import pytest
+
+from backtrans.argilla.columns import COLUMNS, PUSH_HASH, record_id, row_from_record, to_record
+from backtrans.argilla.push import push
+from backtrans.templates import load_template
+from tests.conftest import argilla_sdk, scored_rows
+
+PULLED = ("instruction", "generation", "score", "expected_score", "reason", "model_name", "status")
+PLAN = ("stratum", "inclusion_prob", "overlap")
+
+
+def _item(record) -> dict:
+    """A record as the server's JSON gives it back."""
+    return {"fields": record.fields.to_dict(), "metadata": record.metadata.to_dict(), "external_id": record.id}
+
+
+def test_record_ids_are_content_hashes_and_suggestions_carry_confidence():
+    template = load_template("humpback")
+    row = scored_rows(2)[1]  # score 2, expected 1.75
+    record = to_record(row, template, threshold=4, run_id="r1")
+    assert record.id == record_id(dict(row)) == record_id({"instruction": row["instruction"],
+                                                           "generation": row["generation"]})
+    keep = record.suggestions["keep"]
+    assert (keep.value, keep.agent) == ("discard", "judge-m")
+    assert keep.score == pytest.approx(1 - (1.75 - 1) / 4)
+    assert record.suggestions["score"].value == 2
+    assert record.metadata["llm_score"] == 2 and record.metadata["run_id"] == "r1"
+    assert record.metadata["template"] == "humpback" and record.metadata["instruction_length"] == len("q 1?")
+    assert record.fields["judge_reason"] == "reason 1"
+
+
+def test_an_unscored_row_gets_no_suggestion_and_no_score():
+    record = to_record({"instruction": "q", "generation": "a", "score": None, "status": "parse_error"},
+                       load_template("humpback"), 4)
+    assert list(record.suggestions) == []
+    assert "llm_score" not in record.metadata and record.metadata["status"] == "parse_error"
+    assert record.metadata["model_name"] == "llm-judge" and "judge_reason" not in record.fields
+
+
+def test_a_record_reads_back_as_the_row_it_was_written_from():
+    template = load_template("humpback")
+    row = {**scored_rows(2)[1], "stratum": "band-2", "inclusion_prob": 0.5, "overlap": True, "not_pushed": 1}
+    item = _item(to_record(row, template, 4, run_id="r1"))
+    assert row_from_record(item) == {name: row[name] for name in PULLED + PLAN}
+    # The server lists metadata as name/value pairs in some replies.
+    listed = {**item, "metadata": [{"name": k, "value": v} for k, v in item["metadata"].items()]}
+    assert row_from_record(listed) == row_from_record(item)
+    # A record from before the review plan, without a reason: the plan's columns stay out, the reason is empty.
+    bare = row_from_record(_item(to_record({"instruction": "q", "generation": "a", "score": 3}, template, 4)))
+    assert bare == {"instruction": "q", "generation": "a", "score": 3, "expected_score": None, "reason": "",
+                    "model_name": "llm-judge", "status": "ok"}
+
+
+def test_suggested_keep_follows_the_expected_score_when_asked():
+    template = load_template("humpback-short")
+    row = {"instruction": "q", "generation": "a", "score": 4, "expected_score": 3.5, "model_name": "m"}
+    assert to_record(row, template, 4).suggestions["keep"].value == "keep"
+    assert to_record(row, template, 3.8, by="expected_score").suggestions["keep"].value == "discard"
+
+
+def test_expected_score_is_held_within_the_templates_scale():
+    template = load_template("humpback")  # 1-5
+    high = to_record({"instruction": "q", "generation": "a", "score": 5, "expected_score": 6.5}, template, 4)
+    low = to_record({"instruction": "q", "generation": "b", "score": 1, "expected_score": 0.2}, template, 4)
+    assert (high.metadata["expected_score"], low.metadata["expected_score"]) == (5.0, 1.0)
+
+
+def test_push_hash_follows_the_verdict_not_the_run():
+    template = load_template("humpback")
+    row = scored_rows(3)[2]
+    same = to_record(dict(row), template, 4).metadata[PUSH_HASH]
+    assert to_record(dict(row), template, 4).metadata[PUSH_HASH] == same
+    assert to_record({**row, "score": 1}, template, 4).metadata[PUSH_HASH] != same
+    assert to_record(dict(row), template, 2).metadata[PUSH_HASH] != same  # the suggested keep changes
+    assert to_record({**row, "stratum": "s2", "inclusion_prob": 0.25}, template, 4).metadata[PUSH_HASH] != same
+
+
+def test_plan_columns_become_metadata_and_bad_probabilities_are_refused():
+    template = load_template("humpback")
+    record = to_record({**scored_rows(1)[0], "stratum": "band-3", "inclusion_prob": 0.125, "overlap": 1}, template, 4)
+    assert record.metadata["stratum"] == "band-3" and record.metadata["inclusion_prob"] == 0.125
+    assert record.metadata["overlap"] == 1
+    assert "stratum" not in to_record({**scored_rows(1)[0], "stratum": float("nan")}, template, 4).metadata
+    for bad in (0, 1.5, "often"):
+        with pytest.raises(ValueError, match="inclusion_prob"):
+            to_record({**scored_rows(1)[0], "inclusion_prob": bad}, template, 4)
+
+
+def test_a_pushed_dataset_declares_every_column_of_the_table(argilla_stack, argilla_config):
+    rows = [{**row, "stratum": "s", "inclusion_prob": 0.5} for row in scored_rows(2, "layout")]
+    push(rows, "layout", argilla_config, template="additive")  # a 0-5 scale
+    settings = argilla_sdk(argilla_stack).datasets(name="layout", workspace="backtrans").settings
+    declared = {"fields": [f.name for f in settings.fields], "questions": [q.name for q in settings.questions],
+                "metadata": [m.name for m in settings.metadata]}
+    # The plan's overlap column is declared only once a pushed row carries it; these rows do not.
+    wanted = {part: [c.name for c in COLUMNS if c.part == part and c.name != "overlap"] for part in declared}
+    assert declared["fields"] == wanted["fields"] and declared["questions"] == wanted["questions"]  # the UI's order
+    assert sorted(declared["metadata"]) == sorted(wanted["metadata"])
+    assert settings.questions["score"].values == [0, 1, 2, 3, 4, 5]
+    assert settings.questions["keep"].labels == ["keep", "discard"]
+    assert (settings.metadata["llm_score"].min, settings.metadata["llm_score"].max) == (0, 5)
+    assert settings.fields["judge_reason"].required is False
