@@ -467,17 +467,15 @@ async def judge(session: Session | None, template_name: str, custom_text: str, b
         yield drawn
 
 
-def follow_judge(session: Session | None, threshold: float, min_score: float, max_score: float,
-                 statuses: list[str], text: str, sort: str, page_number: float):
+async def follow_judge(session: Session | None, threshold: float, min_score: float, max_score: float,
+                       statuses: list[str], text: str, sort: str, page_number: float):
     """A page opened while its owner's job runs (a reopened tab, another device) follows it to the end."""
     if session is None or session.job() is None:
-        return _no_follow(5)
+        yield (gr.skip(),) * 5
+        return
     filters = Filters(min_score, max_score, tuple(statuses or ()), text, sort)
-    return _follow(session, _review_drawer(session, filters, threshold, page_number))
-
-
-async def _no_follow(outputs: int):
-    yield (gr.skip(),) * outputs
+    async for drawn in _follow(session, _review_drawer(session, filters, threshold, page_number)):
+        yield drawn
 
 
 def stop_job(session: Session | None) -> str:
