@@ -175,9 +175,12 @@ def render_summary(view) -> str:
     return f"Measure: **score** · {kept}{paper} · scored {view.scored}{overrides}"
 
 
+def render_page_info(view) -> str:
+    return f"Page {view.page} of {view.pages} · {view.matching} rows match"
+
+
 def render_review(view):
-    info = f"Page {view.page} of {view.pages} · {view.matching} rows match"
-    return render_review_table(view), info, render_histogram(view), render_summary(view)
+    return render_review_table(view), render_page_info(view), render_histogram(view), render_summary(view)
 
 
 def render_record(row: dict | None) -> str:
@@ -369,7 +372,7 @@ KIND_WORDS = {"judge": "the judge", "generate": "the responses", "augment": "the
 # A page reads a job about once a second, redraws the table only when its visible page changed, and the plots
 # and counts on a slower clock: many visitors at once must not starve the event loop that sends the requests.
 FOLLOW_EVERY_S = 1.0
-TABLE_EVERY_S = 1.0
+TABLE_EVERY_S = 3.0
 PLOTS_EVERY_S = 5.0
 ETA_AFTER_ROWS, ETA_AFTER_S = 3, 10.0  # an ETA from fewer rows or seconds is a wild guess
 
@@ -423,12 +426,13 @@ def _review_drawer(session: Session, filters: Filters, threshold: float, page_nu
         table = info = plot = summary = gr.skip()
         moved = workbench is not None and workbench.version != seen["version"]
         if final or (moved and now - seen["table_at"] >= TABLE_EVERY_S):
-            view = session.review(filters, threshold, page_number)
+            plots_due = final or now - seen["plots_at"] >= PLOTS_EVERY_S
+            view = session.review(filters, threshold, page_number, bins=plots_due)
             if final or workbench.changed_since(seen["version"], view.rows.index):
-                table, info, plot_now, summary_now = render_review(view)
+                table, info = render_review_table(view), render_page_info(view)
                 seen["table_at"] = now
-                if final or now - seen["plots_at"] >= PLOTS_EVERY_S:
-                    plot, summary, seen["plots_at"] = plot_now, summary_now, now
+                if plots_due:
+                    plot, summary, seen["plots_at"] = render_histogram(view), render_summary(view), now
             seen["version"] = workbench.version
         return table, info, plot, summary, render_job(job)
 
@@ -1009,6 +1013,9 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
 
 
 def main() -> None:
+    # Gradio recomputes its queue's analytics summary (a pandas group-by over the last 10,000 events) after every
+    # event by default: with many visitors that costs more than the work. It only feeds a monitoring view.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
     workspace = _workspace()
     workspace.data_dir.mkdir(parents=True, exist_ok=True)
     workspace.expire()

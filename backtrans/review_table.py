@@ -103,8 +103,9 @@ class Workbench:
         the threshold on screen decides afresh for every row no person decided."""
         return decide_frame(self.frame, threshold, self.keep_by, self.overrides)
 
-    def filtered(self, filters: Filters, threshold: float) -> pd.DataFrame:
-        frame = self.with_decisions(threshold)
+    def filtered(self, filters: Filters, threshold: float, decided: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The rows that pass the filters, sorted; `decided`: this threshold's `with_decisions`, if already made."""
+        frame = self.with_decisions(threshold) if decided is None else decided
         status = frame["status"].fillna("pending")
         mask = status.isin(filters.statuses)
         score = frame["score"]

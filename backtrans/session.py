@@ -538,13 +538,14 @@ class Session:
         if self.workbench is not None:
             self.workbench.keep_by = self.keep_by
 
-    def review(self, filters: Filters, threshold: float, page_number: float = 1) -> ReviewView:
+    def review(self, filters: Filters, threshold: float, page_number: float = 1, bins: bool = True) -> ReviewView:
+        """`bins=False`: leave out the histogram (a running job's table is redrawn more often than its plot)."""
         threshold = self.threshold = float(threshold)
         workbench = self.workbench
         if workbench is None or not len(workbench):
             return ReviewView(pd.DataFrame(), 1, 1, 0, 0, 0, 0, 0, self.measure(), threshold, None, [], False)
         decided = workbench.with_decisions(threshold)
-        view = workbench.filtered(filters, threshold)
+        view = workbench.filtered(filters, threshold, decided)
         shown, number, pages = page(view, int(page_number or 1), PAGE_SIZE)
         measure = self.measure()
         frame = workbench.frame
@@ -554,7 +555,8 @@ class Session:
             rows=shown, page=number, pages=pages, matching=len(view), total=len(workbench),
             scored=int(frame["score"].notna().sum()), kept=int(decided["final_keep"].sum()),
             overrides=len(workbench.overrides), measure=measure, threshold=threshold, levels=levels,
-            bins=measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max),
+            bins=measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max)
+            if bins else [],
             has_expected=bool(frame["expected_score"].notna().any()),
         )
 

@@ -295,3 +295,32 @@ def test_the_review_page_shortens_texts_and_its_green_bars_count_the_kept_pairs(
         assert f"kept at ≥{threshold:g}: **{kept}** of 30" in summary, (threshold, summary)
         assert list(table.columns[:4]) == ["row", "verdict", "judge", "score"] and "expected score" in table
         assert table["reason"].str.len().max() == app.PREVIEW_CHARS + 1 and info.startswith("Page 1 of 1")
+
+
+def test_many_visitors_at_once_each_finish_with_their_own_rows(fake_process, tmp_path):
+    # The fast version of bench/visitors.py: 16 visitors at once, each with a file of its own.
+    server = fake_process("--latency", "0.1")
+    served = AppServer(tmp_path, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
+    results: dict[int, tuple] = {}
+
+    def visit(number: int) -> None:
+        client = client_for(served.url)
+        path = write_jsonl(tmp_path / f"visitor-{number}.jsonl", [
+            {"instruction": f"VISITOR-{number} question {i}?", "generation": f"answer {i}"} for i in range(20)])
+        upload(client, path)
+        results[number] = client.predict(**JUDGE, api_name="/judge")
+
+    try:
+        threads = [threading.Thread(target=visit, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        served.stop()
+    assert sorted(results) == list(range(16))
+    for number, (table, *_, status) in results.items():
+        assert "**Done:** 20 rows" in status, status
+        texts = json.dumps(table["data"])
+        assert texts.count(f"VISITOR-{number} ") == 20 and "VISITOR-" not in texts.replace(f"VISITOR-{number} ", "")
+    assert server.stats()["requests"] == 16 * 20  # every row asked once

@@ -279,3 +279,54 @@ def test_reasons_on_the_scores_line_show_in_the_review(page: Page, plain_app):
     reasons = page.locator(f'#results-table [data-testid^="cell-"][data-testid$="-{headers.index("reason")}"]')
     expect(reasons.first).to_have_text("The pair is on-topic.")
     assert reasons.count() >= 10 and all(text == "The pair is on-topic." for text in reasons.all_inner_texts())
+
+
+@pytest.fixture
+def slow_app(tmp_path, fake_process):
+    """The app before a judge that takes 0.5 s a call: a 30-row job at concurrency 2 runs for about 8 s."""
+    fake = fake_process("--latency", "0.5")
+    server = AppServer(tmp_path, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "fake-judge"})
+    server.fake = fake
+    yield server
+    server.stop()
+
+
+def _start_slow_judge(page: Page) -> None:
+    page.click("#data-sample")
+    expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+    _tab(page, "3 · Judge")
+    _set_number(page, "judge-concurrency", "2")
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("/30 rows", timeout=30_000)
+
+
+def test_a_closed_tab_leaves_its_job_running_and_a_reopened_one_shows_it(browser, browser_context_args, slow_app):
+    context = browser.new_context(**browser_context_args)
+    first = context.new_page()
+    first.goto(slow_app.url)
+    _start_slow_judge(first)
+    asked_when_closed = slow_app.fake.stats()["requests"]
+    first.close()  # the reader ends; the job does not
+    time.sleep(2)
+    assert slow_app.fake.stats()["requests"] > asked_when_closed + 1, "the job stopped with its tab"
+    again = context.new_page()  # the same browser: the same owner
+    again.goto(slow_app.url)
+    _tab(again, "3 · Judge")
+    expect(again.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    _tab(again, "4 · Review")
+    expect(again.locator("#results-table")).to_contain_text("What is the capital of Australia?")
+    assert slow_app.fake.stats()["requests"] == 30  # no finished row was asked again
+    context.close()
+
+
+def test_stop_stops_a_background_job(page: Page, slow_app):
+    page.goto(slow_app.url)
+    _start_slow_judge(page)
+    page.click("#judge-stop")
+    expect(page.locator("#judge-status")).to_contain_text("Stopped.", timeout=30_000)
+    asked = slow_app.fake.stats()["requests"]
+    page.wait_for_timeout(2500)
+    assert slow_app.fake.stats()["requests"] == asked < 30  # nothing more is asked once stopped
+    page.click("#judge-start")  # Start again goes on from there: the finished rows come from the store
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    assert slow_app.fake.stats()["requests"] <= 30 + 2  # at most the calls that were in flight at Stop

@@ -1,0 +1,138 @@
+"""Many visitors at once on one app: does the page starve the work?
+
+Starts the fake OpenAI-compatible server (250 ms a call) and app.py as a Space runs it, then drives 1, 16, 48
+and 96 visitors at once through gradio_client, each in its own thread with a file of its own (40 pairs by
+default), judged with the app's model. Prints, per crowd: p50 / p95 / max visitor time (upload to done), the
+app process's CPU per judged row, its RSS, and rows per second.
+
+    python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR]
+
+`--app-root` runs another checkout's app.py (an older commit, for before/after figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backtrans import local  # noqa: E402
+from tests.conftest import JUDGE, FakeProcess, client_for, upload, write_jsonl  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class App:
+    def __init__(self, app_root: Path, data_dir: Path, env: dict[str, str]):
+        self.port = local.free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = open(data_dir / "app.log", "wb")  # noqa: SIM115 (closed in stop)
+        full_env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "BACKTRANS_DATA_DIR": str(data_dir),
+                    "PYTHONPATH": str(app_root), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", "BACKTRANS_OAUTH": "0", **env}
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=app_root, env=full_env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        local.wait_http(self.url, 120, pid=self.process.pid)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+def visit(url: str, path: Path, times: list[float], errors: list[str], start: threading.Barrier) -> None:
+    try:
+        client = client_for(url)
+        start.wait()
+        began = time.perf_counter()
+        upload(client, path)
+        status = client.predict(**JUDGE, api_name="/judge")[-1]
+        if "**Done:** " not in status:
+            errors.append(status)
+            return
+        times.append(time.perf_counter() - began)
+    except Exception as exc:  # noqa: BLE001 - a failed visitor is counted, not fatal to the bench
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def crowd(app: App, folder: Path, visitors: int, rows: int, salt: str) -> dict:
+    paths = [write_jsonl(folder / f"{salt}-{v}.jsonl", [
+        {"instruction": f"{salt} visitor {v} question {i}?", "generation": f"answer {i}"} for i in range(rows)])
+        for v in range(visitors)]
+    times: list[float] = []
+    errors: list[str] = []
+    start = threading.Barrier(visitors + 1)
+    threads = [threading.Thread(target=visit, args=(app.url, path, times, errors, start)) for path in paths]
+    for thread in threads:
+        thread.start()
+    start.wait()  # every client connected: the clock starts for all at once
+    cpu_before, began = cpu_seconds(app.process.pid), time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    cpu = cpu_seconds(app.process.pid) - cpu_before
+    ordered = sorted(times) or [float("nan")]
+    judged = len(times) * rows
+    return {"visitors": visitors, "done": len(times), "errors": errors, "p50": statistics.median(ordered),
+            "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))], "max": ordered[-1],
+            "cpu_ms_per_row": 1000 * cpu / judged if judged else float("nan"), "rss_mb": rss_mb(app.process.pid),
+            "rows_per_s": judged / wall if wall else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--visitors", type=int, nargs="+", default=[1, 16, 48, 96])
+    parser.add_argument("--rows", type=int, default=40)
+    parser.add_argument("--latency", type=float, default=0.25)
+    parser.add_argument("--app-root", type=Path, default=ROOT)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="backtrans-visitors-"))
+    fake = FakeProcess("--latency", str(args.latency))
+    # As a Space runs it, with the app's model lent to visitors and no per-owner job cap in the way.
+    app = App(args.app_root.resolve(), folder, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "m",
+                                                "SPACE_ID": "bench/visitors", "BACKTRANS_SHARE_SERVER_KEY": "1",
+                                                "BACKTRANS_ROWS_PER_DAY": "0", "BACKTRANS_MAX_CONCURRENCY": "256"})
+    print(f"app: {args.app_root.resolve()}; {args.rows} pairs a visitor, {args.latency * 1000:.0f} ms a call, "
+          f"concurrency {JUDGE['concurrency']} a visitor")
+    print("| visitors | finished | p50 s | p95 s | max s | app CPU ms/row | RSS MB | rows/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    alone = None
+    try:
+        for number, visitors in enumerate(args.visitors):
+            result = crowd(app, folder, visitors, args.rows, f"c{number}")
+            alone = alone if alone is not None else result["max"]
+            print(f"| {visitors} | {result['done']}/{visitors} | {result['p50']:.2f} | {result['p95']:.2f} | "
+                  f"{result['max']:.2f} | {result['cpu_ms_per_row']:.2f} | {result['rss_mb']:.0f} | "
+                  f"{result['rows_per_s']:.0f} |", flush=True)
+            for error in result["errors"][:3]:
+                print(f"    error: {error[:200]}")
+    finally:
+        app.stop()
+        fake.stop()
+    if alone is not None:
+        print(f"goal: every visitor within 10 x one alone + 5 s = {10 * alone + 5:.1f} s; app CPU <= 2 ms/row")
+
+
+if __name__ == "__main__":
+    main()
