@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import html
 import os
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,12 +20,12 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from backtrans import backends
+from backtrans import backends, local
 from backtrans.augment import FilterSettings
-from backtrans.decisions import default_measure, default_threshold
+from backtrans.decisions import default_measure, default_threshold, judge_measure
 from backtrans.export import FORMATS as EXPORT_FORMATS
 from backtrans.limits import LimitError
-from backtrans.owners import BROWSER_ID, new_browser_id, owner_for
+from backtrans.owners import BROWSER_ID, new_browser_id, on_space, owner_for
 from backtrans.records import SUFFIXES, missing
 from backtrans.review_table import SORTS, STATUSES, Filters
 from backtrans.session import CUSTOM_TEMPLATE, NoSuchRun, Session, SessionError
@@ -42,6 +43,10 @@ REVIEW_COLUMNS = ["row", "verdict", "judge", "score", "expected_score", "reason"
 HEADERS = {"expected_score": "expected score", "human_keep": "human keep", "human_score": "human score",
            "human_note": "note"}
 PREVIEW_CHARS = 200
+FORMAT_HINTS = {"jsonl": "jsonl: one JSON object per line, every column kept",
+                "chat": "chat: the training format, with the paper's system tags",
+                "csv": "csv: for spreadsheets (cells that look like formulas are neutralised)",
+                "parquet": "parquet: columnar, typed, for large sets"}
 EMPTY_CURVE = pd.DataFrame(columns=["x", "value", "series"])
 CONFUSION_COLUMNS = ["LLM", "human", "pairs"]
 # Table headers wrap between words, never inside one ("expected score", not "e x p e c t e d").
@@ -144,9 +149,12 @@ def render_review_table(view) -> pd.DataFrame:
         columns.remove("expected_score")  # a judge without digit probabilities: no empty column
     shown = rows.reindex(columns=columns).copy()
     if len(rows) and "final_keep" in rows:
-        shown["verdict"] = [_verdict(keep, by) for keep, by in zip(rows["final_keep"], rows["decided_by"],
-                                                                   strict=True)]
-        shown["judge"] = [_verdict(keep, "judge") for keep in rows["judge_keep"]]
+        # A row the judge has not answered yet is pending, never a verdict (unless a person already decided it).
+        pending = rows["status"].map(missing)
+        shown["verdict"] = ["pending" if wait and by == "judge" else _verdict(keep, by)
+                            for keep, by, wait in zip(rows["final_keep"], rows["decided_by"], pending, strict=True)]
+        shown["judge"] = ["pending" if wait else _verdict(keep, "judge")
+                          for keep, wait in zip(rows["judge_keep"], pending, strict=True)]
     for column in ("instruction", "generation", "reason"):
         shown[column] = shown[column].map(_shorten)
     return shown.rename(columns=HEADERS)
@@ -163,16 +171,21 @@ def render_histogram(view) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["bin", "pairs", "side"])
 
 
+MEASURE_WORDS = {"score": "score", "expected_score": "expected score"}
+
+
 def render_summary(view) -> str:
+    """The counts, under the very measure the Keep by choice names."""
     if not view.total:
         return ""
     overrides = f" · {view.overrides} overrides" if view.overrides else ""
     kept = f"kept at ≥{view.threshold:g}: **{view.kept}** of {view.total}"
-    if view.measure == "expected_score":
-        return (f"Measure: **expected score** (from the judge's digit probabilities) · {kept} · scored {view.scored}"
-                f"{overrides}")
+    chosen = f"Keep by: **{MEASURE_WORDS[view.keep_by]}**"
+    if view.keep_by == "expected_score":
+        stand_in = "" if view.measure == "expected_score" else " (no expected scores yet: the score stands in)"
+        return f"{chosen}{stand_in} · {kept} · scored {view.scored}{overrides}"
     paper = f" (the paper's A4: {view.levels['A4']}, A5: {view.levels['A5']})" if view.levels else ""
-    return f"Measure: **score** · {kept}{paper} · scored {view.scored}{overrides}"
+    return f"{chosen} · {kept}{paper} · scored {view.scored}{overrides}"
 
 
 def render_page_info(view) -> str:
@@ -183,8 +196,9 @@ def render_review(view):
     return render_review_table(view), render_page_info(view), render_histogram(view), render_summary(view)
 
 
-def render_record(row: dict | None) -> str:
-    """One record in full. Every piece of dataset or model text is escaped: it renders as text only."""
+def render_record(row: dict | None, by: str = "score", threshold: float | None = None) -> str:
+    """One record in full, its verdict under the measure and threshold in force. Every piece of dataset or
+    model text is escaped: it renders as text only."""
     if row is None:
         return ""
 
@@ -200,8 +214,16 @@ def render_record(row: dict | None) -> str:
               + (f" · expected {float(row['expected_score']):.2f}" if not missing(row.get("expected_score")) else "")
               + "</p>")
     if "final_keep" in row:
-        by = {"you": "you (override)", "reviewer": "a reviewer in Argilla"}.get(str(row.get("decided_by")), "the judge")
-        header += (f"<p><b>Verdict: {'keep' if row['final_keep'] else 'discard'}</b>, decided by {html.escape(by)}"
+        who = {"you": "you (override)", "reviewer": "a reviewer in Argilla"}.get(str(row.get("decided_by")),
+                                                                                  "the judge")
+        measure = judge_measure(row, by)
+        rule = ""
+        if measure is not None and threshold is not None:
+            name = "expected score" if by == "expected_score" and not missing(row.get("expected_score")) else "score"
+            rule = f" ({name} {measure:.2f} {'≥' if measure >= threshold else '<'} {threshold:g})"
+        verdict = "pending" if missing(row.get("status")) and row.get("decided_by") == "judge" else \
+            ("keep" if row["final_keep"] else "discard")
+        header += (f"<p><b>Verdict: {verdict}</b>, decided by {html.escape(who)}{rule}"
                    + (f" · the judge says {_verdict(row.get('judge_keep'), 'judge') or 'nothing yet'}"
                       if row.get("decided_by") != "judge" else "") + "</p>")
     parts = [header, block("Instruction", row.get("instruction")), block("Response", row.get("generation")),
@@ -312,10 +334,30 @@ def open_session(browser_id: str | None, profile: gr.OAuthProfile | None):
     session = _workspace().session(owner)
     who = (f"Signed in as **{owner.label}**: your runs follow your account." if owner.signed_in else
            "Not signed in: your runs are kept for this browser only.")
-    return session, browser_id, who, _run_choices(session)
+    return session, browser_id, who, _run_choices(session), render_argilla_login(), *render_previous(session)
+
+
+def render_argilla_login() -> str:
+    """Where reviewers sign in. The local stack's password is shown only to the machine's own user: never on a
+    Space, never when the app listens beyond this machine."""
+    url = os.environ.get("ARGILLA_API_URL", "").strip()
+    if not url:
+        return "No Argilla is configured: set `ARGILLA_API_URL` and `ARGILLA_API_KEY` (`make run` starts one)."
+    where = f"Reviewers sign in to Argilla at [{url}]({url})"
+    loopback = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1") in ("127.0.0.1", "localhost", "::1")
+    login = local.argilla_login() if loopback and not on_space() else None
+    if login is None:
+        return f"{where} with their own Argilla accounts."
+    return (f"{where} as **{login['username']}**, password `{login['password']}` (the local stack's; this app "
+            "shows it only on this machine).")
+
+
+CHOOSE_COLUMNS = ("Choose which column is the **instruction** and which the **response**, then press "
+                  "**Load with this mapping**.")
 
 
 def inspect_upload(session: Session | None, file: str | None, profile: gr.OAuthProfile | None):
+    """An upload opens with its columns and real rows: the mapping guessed where that is safe, else asked for."""
     session = _session(session, profile)
     if not file:
         return session, gr.update(), gr.update(), pd.DataFrame(), ""
@@ -324,24 +366,71 @@ def inspect_upload(session: Session | None, file: str | None, profile: gr.OAuthP
     except SessionError as exc:
         return (session, gr.update(choices=[], value=None), gr.update(choices=[], value=None), pd.DataFrame(),
                 f"**Cannot load this data.** {exc}")
+    if found.instruction_column is None:
+        message = f"`{found.label}`: {len(found.columns)} columns. {CHOOSE_COLUMNS}"
+    else:
+        message = f"`{found.label}`: {len(found.columns)} columns. Check the mapping, then load."
     return (session, gr.update(choices=found.columns, value=found.instruction_column),
             gr.update(choices=[NO_MAPPING, *found.columns], value=found.generation_column or NO_MAPPING),
-            found.head, f"`{found.label}`: {len(found.columns)} columns. Check the mapping, then load.")
+            found.head, message)
+
+
+def render_load_error(error: Exception) -> str:
+    message = re.sub(r";? map one with --map \S+", "", str(error))  # a CLI flag means nothing in a web page
+    if "missing column" in message:
+        message += f". {CHOOSE_COLUMNS}"
+    return f"**Cannot load this data.** {message}"
+
+
+def render_previous(session: Session):
+    """The review that new data replaced, one click away; hidden when there is none."""
+    shelved = session.previous
+    if shelved is None:
+        return gr.update(value="", visible=False), gr.update(visible=False)
+    parts = [counted(shelved.pairs, "pair"), f"{shelved.scored} judged"]
+    if shelved.overrides:
+        parts.append(counted(shelved.overrides, "override"))
+    if shelved.reviewed:
+        parts.append(f"{shelved.reviewed} pulled decisions")
+    label = shelved.label.replace("`", "'")
+    return (gr.update(value=f"Your previous review: `{label}`, {', '.join(parts)}. Nothing of it is lost.",
+                      visible=True), gr.update(visible=True))
 
 
 def _loaded(session: Session, load, *args):
-    """Every load starts a clean slate: no stale status, selection or detail from the data before."""
+    """Every load starts a clean slate: no stale status, selection or detail from the data before. A failed
+    load keeps the preview of the rows the user is mapping."""
     try:
         loaded = load(*args)
     except SessionError as exc:
-        return session, pd.DataFrame(), f"**Cannot load this data.** {exc}", "", "", gr.update()
-    return session, loaded.preview, render_loaded(loaded), "", "", gr.update(value=None, choices=_run_choices(session))
+        return session, gr.skip(), render_load_error(exc), "", "", gr.update(), *render_previous(session)
+    runs = gr.update(value=None, choices=_run_choices(session))
+    return session, loaded.preview, render_loaded(loaded), "", "", runs, *render_previous(session)
 
 
 def load_upload(session: Session | None, instruction_column: str | None, generation_column: str | None,
                 profile: gr.OAuthProfile | None):
     session = _session(session, profile)
     return _loaded(session, session.load_upload, instruction_column, generation_column)
+
+
+def load_guessed_upload(session: Session | None, instruction_column: str | None, generation_column: str | None,
+                        profile: gr.OAuthProfile | None):
+    """Right after an upload: load at once with a safe guess; with none, wait for the user's mapping."""
+    if not instruction_column:
+        return (gr.skip(),) * 8
+    return load_upload(session, instruction_column, generation_column, profile)
+
+
+def reopen_previous(session: Session | None, profile: gr.OAuthProfile | None):
+    session = _session(session, profile)
+    try:
+        shelved = session.reopen_previous()
+    except SessionError as exc:
+        return session, gr.skip(), str(exc), "", "", gr.update(), *render_previous(session)
+    message = (f"Reopened `{shelved.label.replace('`', chr(39))}`: {counted(shelved.pairs, 'pair')} with their "
+               "verdicts, overrides and reviewers' decisions as you left them.")
+    return session, session.workbench.frame.head(5), message, "", "", gr.update(), *render_previous(session)
 
 
 def load_sample(session: Session | None, profile: gr.OAuthProfile | None):
@@ -586,8 +675,16 @@ def set_keep_by(session: Session | None, keep_by: str, *filters):
 def select_row(session: Session | None, table: pd.DataFrame, event: gr.SelectData):
     if session is None or table is None or table.empty:
         return "", *_override_buttons(False)
-    detail = render_record(session.select(int(table.iloc[event.index[0]]["row"])))
+    session.select(int(table.iloc[event.index[0]]["row"]))
+    detail = show_selected(session)
     return detail, *_override_buttons(session.selected_row is not None)
+
+
+def show_selected(session: Session | None) -> str:
+    """The selected record again, under the measure and threshold now in force."""
+    if session is None:
+        return ""
+    return render_record(session.select(session.selected_row), session.keep_by, session.threshold)
 
 
 def _override_buttons(enabled: bool):
@@ -607,7 +704,7 @@ def overrider(keep: bool | None):
         if session is not None:
             session.override(keep)
         view = refresh_review(session, *filters)
-        return *view, render_record(session.select(session.selected_row)) if session is not None else ""
+        return *view, show_selected(session)
 
     return handle
 
@@ -724,6 +821,9 @@ def _data_step(page: SimpleNamespace) -> None:
         page.generation_column = gr.Dropdown(label="Response column", choices=[], elem_id="map-generation")
         page.apply_mapping = gr.Button("Load with this mapping", elem_id="data-apply-mapping")
     page.data_status = gr.Markdown(elem_id="data-status")
+    with gr.Row():
+        page.previous_review = gr.Markdown(visible=False, elem_id="previous-review")
+        page.reopen = gr.Button("Reopen it", visible=False, size="sm", elem_id="reopen-previous")
     page.data_preview = gr.Dataframe(pd.DataFrame(columns=["instruction", "generation"]), label="First rows",
                                      interactive=False, wrap=True, max_height=260, elem_id="data-preview")
 
@@ -795,7 +895,7 @@ def _review_step(page: SimpleNamespace) -> None:
         page.threshold = gr.Slider(template.score_min, template.score_max, value=default_threshold(template),
                                    step=0.1, label="Keep pairs scored at least", elem_id="threshold")
         page.keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score")],
-                                value=default_measure(template), label="Compare with", elem_id="keep-by")
+                                value=default_measure(template), label="Keep by", elem_id="keep-by")
         page.curation = gr.Markdown(elem_id="threshold-counts")
     with gr.Row():
         page.min_score = gr.Number(template.score_min, label="Min score", elem_id="filter-min")
@@ -865,6 +965,7 @@ def _argilla_step(page: SimpleNamespace) -> None:
         page.push_button = gr.Button("Push to Argilla", elem_id="argilla-push")
         page.pull_button = gr.Button("Pull decisions", elem_id="argilla-pull")
     page.argilla_status = gr.Markdown(elem_id="argilla-status")
+    page.argilla_login = gr.Markdown(elem_id="argilla-login")
     page.agreement_report = gr.Markdown(elem_id="argilla-agreement")
     page.confusion_plot = gr.BarPlot(x="LLM", y="pairs", color="human", title="Confusion: LLM keep vs human keep",
                                      elem_id="argilla-confusion")
@@ -879,8 +980,7 @@ def _argilla_step(page: SimpleNamespace) -> None:
 def _export_step(page: SimpleNamespace) -> None:
     with gr.Row():
         page.export_format = gr.Dropdown(list(EXPORT_FORMATS), value="jsonl", label="Format",
-                                         info="chat: training format with the paper's system tags",
-                                         elem_id="export-format")
+                                         info=FORMAT_HINTS["jsonl"], elem_id="export-format")
         page.export_download = gr.DownloadButton("Download the curated set", elem_id="export-download")
     page.export_count = gr.Markdown(elem_id="export-count")
     with gr.Row():
@@ -894,9 +994,11 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     filters = [p.threshold, p.min_score, p.max_score, p.statuses, p.search, p.sort, p.page_number]
     review_outputs = [p.results, p.page_info, p.scores_plot, p.curation]
     override_buttons = [p.keep_button, p.discard_button, p.clear_button]
-    loaded = [p.session, p.data_preview, p.data_status, p.judge_status, p.generate_status, p.runs]
+    loaded = [p.session, p.data_preview, p.data_status, p.judge_status, p.generate_status, p.runs, p.previous_review,
+              p.reopen]
 
-    opened = demo.load(open_session, [p.browser_id], [p.session, p.browser_id, p.who, p.runs], api_name=False)
+    opened = demo.load(open_session, [p.browser_id], [p.session, p.browser_id, p.who, p.runs, p.argilla_login,
+                                                      p.previous_review, p.reopen], api_name=False)
     # A reopened page shows its owner's rows, and follows a job still running.
     opened.then(refresh_review, [p.session, *filters], review_outputs, api_name=False).then(
         follow_judge, [p.session, *filters], [*review_outputs, p.judge_status], api_name=False,
@@ -918,7 +1020,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
                                 [p.session, p.instruction_column, p.generation_column, p.data_preview, p.data_status],
                                 api_name="inspect_upload")
     mapping = [p.session, p.instruction_column, p.generation_column]
-    after_load(inspected.success(load_upload, mapping, loaded, api_name=False))
+    after_load(inspected.success(load_guessed_upload, mapping, loaded, api_name=False))
+    after_load(p.reopen.click(reopen_previous, p.session, loaded, api_name="reopen_previous"))
     after_load(p.apply_mapping.click(load_upload, mapping, loaded, api_name="load_upload"))
     after_load(p.sample.click(load_sample, p.session, loaded, api_name="load_sample"))
     after_load(p.hub_load.click(load_hub, [p.session, p.hub_id, p.hub_config, p.hub_split], loaded,
@@ -958,9 +1061,12 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     p.delete_data.click(delete_my_data, p.session, [p.session, p.data_status, p.runs], api_name="delete_my_data")
 
     # Review
-    for control in filters:
-        control.change(refresh_review, [p.session, *filters], review_outputs, api_name=False)
-    refresh_export(p.keep_by.change(set_keep_by, [p.session, p.keep_by, *filters], review_outputs, api_name=False))
+    for control in filters:  # the record on show follows the threshold, as the table does
+        control.change(refresh_review, [p.session, *filters], review_outputs, api_name=False).then(
+            show_selected, p.session, p.detail, api_name=False)
+    keep_by_changed = p.keep_by.change(set_keep_by, [p.session, p.keep_by, *filters], review_outputs, api_name=False)
+    refresh_export(keep_by_changed)
+    keep_by_changed.then(show_selected, p.session, p.detail, api_name=False)
     for control in (p.threshold, p.export_format):
         control.change(export_file, [p.session, p.export_format, p.threshold], [p.export_download, p.export_count],
                        api_name=False)
@@ -986,6 +1092,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
                         [p.plan_summary, p.plan_makeup], api_name="plan_review")
 
     # Export
+    p.export_format.change(lambda fmt: gr.update(info=FORMAT_HINTS.get(fmt, "")), p.export_format, p.export_format,
+                           api_name=False)
     p.hub_push.click(export_to_hub, [p.session, p.hub_repo, p.threshold], p.export_status, api_name="export_hub")
 
 

@@ -119,11 +119,44 @@ class ReviewView:
     scored: int
     kept: int
     overrides: int
-    measure: str
+    measure: str  # the measure in force: the chosen one, or the score where no expected score exists yet
+    keep_by: str  # the measure the reviewer chose
     threshold: float
     levels: dict[str, int] | None  # the paper's A4/A5 counts, where the judge's scale is the paper's 1-5
     bins: list[Bin]
     has_expected: bool  # a column of expected scores is worth showing
+
+
+@dataclass
+class Shelved:
+    """A review that new data replaced, kept whole (rows, overrides, reviewers' decisions), one click away."""
+
+    workbench: Workbench
+    source: tuple  # path, label, kind, mapping, options
+    template: Template
+    keep_by: str
+    planned_review: object | None
+
+    @property
+    def label(self) -> str:
+        return self.source[1]
+
+    @property
+    def pairs(self) -> int:
+        return len(self.workbench)
+
+    @property
+    def scored(self) -> int:
+        return int(self.workbench.frame["score"].notna().sum())
+
+    @property
+    def overrides(self) -> int:
+        return len(self.workbench.overrides)
+
+    @property
+    def reviewed(self) -> int:
+        frame = self.workbench.frame
+        return int(frame["human_keep"].notna().sum()) if "human_keep" in frame else 0
 
 
 @dataclass
@@ -178,6 +211,7 @@ class Session:
         self.selected_row: int | None = None
         self.threshold: float | None = None  # the last one the review used: the detail panel's verdict follows it
         self.planned_review = None  # (plan rows, PlanSummary) once a review budget was planned
+        self.previous: Shelved | None = None  # the review that the data on screen replaced
         self.template: Template = load_template(default_template())
         self.keep_by = default_measure(self.template)
 
@@ -265,8 +299,37 @@ class Session:
         missing = int(frame["generation"].isna().sum()) if "generation" in frame else len(frame)
         return Loaded(label, len(frame), missing, frame.head(5))
 
+    def _holds_work(self) -> bool:
+        """Rows a person would miss: judged, overridden or reviewed."""
+        frame = self.workbench.frame if self.workbench is not None else None
+        return frame is not None and (bool(self.workbench.overrides) or bool(frame["score"].notna().any())
+                                      or ("human_keep" in frame and bool(frame["human_keep"].notna().any())))
+
+    def _shelve(self, always: bool = False) -> Shelved | None:
+        if self.workbench is None or not (always or self._holds_work()):
+            return None
+        return Shelved(self.workbench, (self.source_path, self.source_label, self.source_kind, self.source_mapping,
+                                        self.source_options), self.template, self.keep_by, self.planned_review)
+
+    def reopen_previous(self) -> Shelved:
+        """Bring back the review that new data replaced; the data it replaced is kept the same way in turn."""
+        previous = self.previous
+        if previous is None:
+            raise SessionError("There is no earlier review to reopen.")
+        self.previous = self._shelve(always=True)  # a swap: the data it replaces waits in turn
+        self.workbench = previous.workbench
+        (self.source_path, self.source_label, self.source_kind, self.source_mapping,
+         self.source_options) = previous.source
+        self.template, self.keep_by, self.planned_review = previous.template, previous.keep_by, \
+            previous.planned_review
+        self.selected_row = None
+        return previous
+
     def _set_workbench(self, workbench: Workbench, source: str, label: str, kind: str,
                        mapping: dict[str, str] | None = None) -> None:
+        shelved = self._shelve()
+        if shelved is not None:  # new data never drops a review: the last one stays one click away
+            self.previous = shelved
         workbench.keep_by = self.keep_by
         self.workbench, self.source_path, self.source_label, self.source_kind = workbench, source, label, kind
         self.source_mapping = dict(mapping or {})
@@ -526,7 +589,7 @@ class Session:
         finally:
             store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.workbench, self.pending_upload, self.selected_row = None, None, None
+        self.workbench, self.pending_upload, self.selected_row, self.previous = None, None, None, None
         self.source_path = self.source_label = self.source_kind = ""
         self.source_mapping = {}
         return runs
@@ -543,7 +606,8 @@ class Session:
         threshold = self.threshold = float(threshold)
         workbench = self.workbench
         if workbench is None or not len(workbench):
-            return ReviewView(pd.DataFrame(), 1, 1, 0, 0, 0, 0, 0, self.measure(), threshold, None, [], False)
+            return ReviewView(pd.DataFrame(), 1, 1, 0, 0, 0, 0, 0, self.measure(), self.keep_by, threshold, None, [],
+                              False)
         decided = workbench.with_decisions(threshold)
         view = workbench.filtered(filters, threshold, decided)
         shown, number, pages = page(view, int(page_number or 1), PAGE_SIZE)
@@ -554,7 +618,8 @@ class Session:
         return ReviewView(
             rows=shown, page=number, pages=pages, matching=len(view), total=len(workbench),
             scored=int(frame["score"].notna().sum()), kept=int(decided["final_keep"].sum()),
-            overrides=len(workbench.overrides), measure=measure, threshold=threshold, levels=levels,
+            overrides=len(workbench.overrides), measure=measure, keep_by=self.keep_by, threshold=threshold,
+            levels=levels,
             bins=measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max)
             if bins else [],
             has_expected=bool(frame["expected_score"].notna().any()),

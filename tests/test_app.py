@@ -324,3 +324,22 @@ def test_many_visitors_at_once_each_finish_with_their_own_rows(fake_process, tmp
         texts = json.dumps(table["data"])
         assert texts.count(f"VISITOR-{number} ") == 20 and "VISITOR-" not in texts.replace(f"VISITOR-{number} ", "")
     assert server.stats()["requests"] == 16 * 20  # every row asked once
+
+
+def test_the_histograms_green_bars_add_up_to_the_kept_count_the_summary_gives(fake_process, tmp_path):
+    # Once a bin that straddled the threshold was coloured as one side: 10 kept, one green bar of 1.
+    server = fake_process("--latency", "0.01")
+    served = AppServer(tmp_path, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
+    try:
+        client = client_for(served.url)
+        client.predict(api_name="/load_sample")
+        for threshold in (3.8, 3.6, 2.3):
+            *_, plot, summary, status = client.predict(**{**JUDGE, "template_name": "humpback-short",
+                                                          "threshold": threshold}, api_name="/judge")
+            green = sum(pairs for _, pairs, side in plot["data"] if side == "kept")
+            grey = sum(pairs for _, pairs, side in plot["data"] if side == "discarded")
+            assert f"kept at ≥{threshold:g}: **{green}** of 30" in summary and green + grey == 30, summary
+            assert "Keep by: **expected score**" in summary and "**Done:** 30 rows" in status
+            assert all(pairs == 0 for bin_, pairs, side in plot["data"] if side == "kept" and float(bin_) < threshold)
+    finally:
+        served.stop()

@@ -330,3 +330,131 @@ def test_stop_stops_a_background_job(page: Page, slow_app):
     page.click("#judge-start")  # Start again goes on from there: the finished rows come from the store
     expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
     assert slow_app.fake.stats()["requests"] <= 30 + 2  # at most the calls that were in flight at Stop
+
+
+def test_new_data_keeps_the_previous_review_one_click_away(page: Page, plain_app, tmp_path):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(plain_app.url)
+    _judge_the_sample(page)
+    _tab(page, "4 · Review")
+    page.locator("#results-table [data-testid=cell-0-5]").click()
+    page.click("#override-keep")
+    expect(page.locator("#threshold-counts")).to_contain_text("1 overrides")
+    _tab(page, "1 · Data")
+    small = tmp_path / "two.csv"
+    small.write_text("instruction,generation\nq1,a1\nq2,a2\n")
+    page.set_input_files("#data-upload input[type=file]", str(small))
+    expect(page.locator("#data-status")).to_contain_text("Loaded 2 pairs", timeout=30_000)
+    previous = page.locator("#previous-review")
+    expect(previous).to_contain_text("Your previous review: the bundled sample, 30 pairs, 30 judged, 1 override")
+    page.click("#reopen-previous")
+    expect(page.locator("#data-status")).to_contain_text("Reopened the bundled sample")
+    _tab(page, "4 · Review")
+    expect(page.locator("#results-table")).to_contain_text("keep (you)")
+    expect(page.locator("#threshold-counts")).to_contain_text("of 30")
+    _tab(page, "1 · Data")
+    expect(previous).to_contain_text("two.csv, 2 pairs")  # the small file waits in turn: nothing is dropped
+
+
+def test_a_job_says_what_it_does_from_its_first_second_and_pending_rows_show_pending(browser, browser_context_args,
+                                                                                     fake_process, tmp_path):
+    fake = fake_process("--latency", "3.0")
+    server = AppServer(tmp_path, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "fake-judge"})
+    page = browser.new_context(**browser_context_args).new_page()
+    try:
+        page.goto(server.url)
+        page.click("#data-sample")
+        expect(page.locator("#data-status")).to_contain_text("Loaded 30 pairs")
+        _tab(page, "3 · Judge")
+        _set_number(page, "judge-concurrency", "2")
+        page.click("#judge-start")
+        status = page.locator("#judge-status")
+        expect(status).to_contain_text("Starting the judge", timeout=2_000)
+        expect(status).to_contain_text("Waiting for the first reply", timeout=3_000)
+        expect(status).to_contain_text("/30 rows", timeout=10_000)
+        assert "left" not in status.inner_text()  # no ETA from two rows: it would be a wild guess
+        _tab(page, "4 · Review")
+        page.wait_for_timeout(3_500)  # the table is redrawn every few seconds while the job runs
+        table = page.locator("#results-table")
+        expect(table).to_contain_text("pending")
+        expect(table.locator("[data-testid=cell-29-1]")).to_have_text("pending")  # a row not yet judged
+    finally:
+        page.context.close()
+        server.stop()
+
+
+def test_one_label_names_the_measure_and_the_summary_and_the_record_follow_it(page: Page, plain_app):
+    page.goto(plain_app.url)
+    page.click("#data-sample")
+    _tab(page, "3 · Judge")
+    page.locator("#judge-template input").click()
+    page.get_by_role("option", name="humpback-short").click()
+    page.click("#judge-start")
+    expect(page.locator("#judge-status")).to_contain_text("Done: 30 rows", timeout=60_000)
+    _tab(page, "4 · Review")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    keep_by = page.locator("#keep-by")
+    expect(keep_by).to_contain_text("Keep by")
+    summary = page.locator("#threshold-counts")
+    expect(summary).to_contain_text("Keep by: expected score")
+    page.locator("#results-table [data-testid=cell-0-6]").click()
+    expect(page.locator("#record-detail")).to_contain_text("(expected score")
+    keep_by.get_by_label("score", exact=True).check()
+    expect(summary).to_contain_text("Keep by: score")
+    expect(page.locator("#record-detail")).not_to_contain_text("(expected score")  # the record follows the measure
+    expect(page.locator("#record-detail")).to_contain_text("(score")
+
+
+def test_an_upload_with_unknown_columns_opens_with_the_mapping_and_its_real_rows(page: Page, plain_app, tmp_path):
+    mine = tmp_path / "my_pairs.csv"
+    mine.write_text("user_text,bot_text,topic\nHow do I boil an egg?,Simmer it for nine minutes.,cooking\n"
+                    "Name a prime.,Seven.,maths\n")
+    page.goto(plain_app.url)
+    page.set_input_files("#data-upload input[type=file]", str(mine))
+    status = page.locator("#data-status")
+    expect(status).to_contain_text("Choose which column is the instruction and which the response", timeout=30_000)
+    expect(page.locator("#data-preview")).to_contain_text("How do I boil an egg?")  # the real rows, not 1 2 3
+    assert "Cannot load" not in status.inner_text() and "--map" not in page.content()
+    page.locator("#map-instruction input").click()
+    page.get_by_role("option", name="user_text").click()
+    page.locator("#map-generation input").click()
+    page.get_by_role("option", name="bot_text").click()
+    page.click("#data-apply-mapping")
+    expect(status).to_contain_text("Loaded 2 pairs from my_pairs.csv", timeout=30_000)
+
+
+def test_the_argilla_step_says_where_to_sign_in_and_the_format_hint_follows_the_choice(page: Page, fake_process,
+                                                                                        argilla_stack, tmp_path):
+    # The local stack as `make run` records it: the app off a Space, on loopback, may tell its own user the login.
+    home, space = tmp_path / "home", tmp_path / "space"
+    home.mkdir()
+    space.mkdir()
+    (home / "servers.json").write_text(json.dumps({"argilla": {
+        "pids": argilla_stack.pids, "url": argilla_stack.url, "api_key": argilla_stack.api_key,
+        "username": "argilla", "password": argilla_stack.password}}))
+    fake = fake_process("--latency", "0.01")
+    env = {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "m", "ARGILLA_API_URL": argilla_stack.url,
+           "ARGILLA_API_KEY": argilla_stack.api_key, "BACKTRANS_HOME": str(home)}
+    local_app = AppServer(tmp_path, env)
+    space_app = AppServer(space, {**env, "SPACE_ID": "someone/backtrans"})
+    try:
+        page.goto(local_app.url)
+        _tab(page, "5 · Argilla")
+        login = page.locator("#argilla-login")
+        expect(login).to_contain_text(argilla_stack.url)
+        expect(login).to_contain_text("as argilla, password")
+        expect(login).to_contain_text(argilla_stack.password)
+        _tab(page, "6 · Export")
+        export_format = page.locator("#export-format")
+        expect(export_format).to_contain_text("one JSON object per line")
+        export_format.locator("input").click()
+        page.get_by_role("option", name="chat").click()
+        expect(export_format).to_contain_text("the training format")
+        expect(export_format).not_to_contain_text("one JSON object per line")
+        page.goto(space_app.url)
+        _tab(page, "5 · Argilla")
+        expect(page.locator("#argilla-login")).to_contain_text(argilla_stack.url)
+        assert argilla_stack.password not in page.content()  # never on a Space
+    finally:
+        local_app.stop()
+        space_app.stop()

@@ -189,3 +189,13 @@ def env_lines() -> list[str]:
     if _running(argilla) and not external_argilla():
         lines += [f"export ARGILLA_API_URL={argilla['url']}", f"export ARGILLA_API_KEY={argilla['api_key']}"]
     return lines
+
+
+def argilla_login() -> dict | None:
+    """Where to sign in to the local Argilla, when it is the one this process reviews in (ARGILLA_API_URL):
+    its URL, user name and password. None for any other Argilla: its login is its owner's to give."""
+    info = read_state().get("argilla")
+    url = os.environ.get("ARGILLA_API_URL", "").rstrip("/")
+    if not info or not _running(info) or str(info.get("url", "")).rstrip("/") != url:
+        return None
+    return {"url": info["url"], "username": info.get("username"), "password": info.get("password")}
