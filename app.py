@@ -404,8 +404,8 @@ def _loaded(session: Session, load, *args):
         loaded = load(*args)
     except SessionError as exc:
         return session, gr.skip(), render_load_error(exc), "", "", gr.update(), *render_previous(session)
-    runs = gr.update(value=None, choices=_run_choices(session))
-    return session, loaded.preview, render_loaded(loaded), "", "", runs, *render_previous(session)
+    # The run list changes when a job starts or ends, not on a load: only the choice made before is cleared.
+    return session, loaded.preview, render_loaded(loaded), "", "", gr.update(value=None), *render_previous(session)
 
 
 def load_upload(session: Session | None, instruction_column: str | None, generation_column: str | None,

@@ -57,7 +57,8 @@ def paper_levels(scores: Any) -> dict[str, int]:
     """How many scores the paper's A4 and A5 sets keep."""
     import pandas as pd
 
-    valid = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").dropna()
+    series = scores if isinstance(scores, pd.Series) else pd.Series(list(scores), dtype=object)
+    valid = pd.to_numeric(series, errors="coerce").dropna()
     return {name: int((valid >= level).sum()) for name, level in PAPER_LEVELS.items()}
 
 

@@ -7,9 +7,9 @@ filters and pages in milliseconds; the faces only ever render one page.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from backtrans.decisions import decide_frame, paper_levels
@@ -106,8 +106,9 @@ class Workbench:
     def filtered(self, filters: Filters, threshold: float, decided: pd.DataFrame | None = None) -> pd.DataFrame:
         """The rows that pass the filters, sorted; `decided`: this threshold's `with_decisions`, if already made."""
         frame = self.with_decisions(threshold) if decided is None else decided
-        status = frame["status"].fillna("pending")
-        mask = status.isin(filters.statuses)
+        mask = pd.Series(True, index=frame.index)
+        if set(STATUSES) - set(filters.statuses):
+            mask &= frame["status"].fillna("pending").isin(filters.statuses)
         score = frame["score"]
         in_range = (score >= filters.min_score) & (score <= filters.max_score)
         mask &= in_range.fillna(False) | (score.isna() & filters.include_unscored)
@@ -115,8 +116,10 @@ class Workbench:
             needle = filters.text.strip()
             text = frame["instruction"].astype(str) + "\n" + frame["generation"].astype(str)
             mask &= text.str.contains(needle, case=False, regex=False)
-        view = frame[mask.astype(bool)]
+        view = frame if mask.all() else frame[mask.astype(bool)]
         column, ascending = SORTS.get(filters.sort, SORTS["input order"])
+        if column == "row" and ascending and view["row"].is_monotonic_increasing:
+            return view  # already in input order
         return view.sort_values(column, ascending=ascending, na_position="last", kind="stable")
 
     def rows_for_export(self, threshold: float) -> list[dict]:
@@ -163,23 +166,21 @@ def measure_bins(decided: pd.DataFrame, by: str, threshold: float, lo: int = 1, 
     values = decided["score"]
     if by == "expected_score" and "expected_score" in decided:
         values = decided["expected_score"].fillna(decided["score"])
-    values = pd.to_numeric(values, errors="coerce")
+    values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     width = step if by == "expected_score" else 1.0
     edges = {round(lo + i * width, 9) for i in range(int(round((hi - lo) / width)) + 1)}
     if lo < threshold < hi:
         edges.add(float(threshold))
-    edges = sorted(edges)
-    scored = values.notna()
-    values, keep = values[scored], decided.loc[scored, "final_keep"].astype(bool)
-    position = pd.Series(pd.cut(values.clip(lower=lo), [*edges[:-1], math.inf], right=False, labels=False),
-                         index=values.index)
-    bins = []
-    for index, low in enumerate(edges):
-        high = edges[index + 1] if index + 1 < len(edges) else low + width
-        inside = position == index
-        kept = int((inside & keep).sum())
-        bins.append(Bin(low, high, kept, int(inside.sum()) - kept))
-    return bins
+    edges = np.array(sorted(edges))
+    scored = ~np.isnan(values)
+    keep = decided["final_keep"].to_numpy(dtype=bool)[scored]
+    # Each value's bin: the last edge at or below it (below the scale: the first bin; above: the last).
+    position = np.clip(np.searchsorted(edges, values[scored], side="right") - 1, 0, len(edges) - 1)
+    total = np.bincount(position, minlength=len(edges))
+    kept = np.bincount(position[keep], minlength=len(edges))
+    highs = [*edges[1:], edges[-1] + width]
+    return [Bin(float(low), float(high), int(k), int(t - k)) for low, high, k, t in zip(edges, highs, kept, total,
+                                                                                      strict=True)]
 
 
 def threshold_counts(scores, threshold: int) -> dict[str, int]:
