@@ -378,13 +378,19 @@ COMMANDS = {
 }
 
 
+def _mapping_hint(exc: Exception) -> str:
+    """The CLI's way to supply a missing column (the core's message names the columns, not a flag)."""
+    missing_columns = getattr(exc, "missing_columns", ())
+    return f"; map one with --map SOURCE={missing_columns[0]}" if missing_columns else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (RecordsError, TemplateError, ExportError, UsageError, ArgillaError, FileSessionError) as exc:
         message = redact(redact(str(exc), os.environ.get("OPENAI_API_KEY")), os.environ.get("ARGILLA_API_KEY"))
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}{_mapping_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished rows are in the store; rerun the same command to resume", file=sys.stderr)

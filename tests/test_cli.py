@@ -63,6 +63,14 @@ def test_bad_input_exits_2_with_the_location_on_stderr(tmp_path, capsys):
     assert main(["score", str(SAMPLE_PATH), "-o", str(tmp_path / "o.jsonl"), "--template", "nope"]) == 2
 
 
+def test_a_missing_column_gets_the_clis_own_hint(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "pairs.jsonl", [{"user_text": "q", "bot_text": "a"}])
+    assert main(["score", str(src), "-o", str(tmp_path / "o.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ("error: pairs.jsonl:1: missing column 'instruction', 'generation' (found: user_text, bot_text); "
+            "map one with --map SOURCE=instruction") in err
+
+
 def test_exit_0_when_every_row_is_scored_or_flagged(fake_llm, tmp_path):
     fake_llm.config.rate_garbage = 0.5
     src = write_jsonl(tmp_path / "in.jsonl", _rows(20))
