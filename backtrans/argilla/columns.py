@@ -80,14 +80,39 @@ def _agent(row: dict) -> str:
     return str(row.get("model_name") or "llm-judge")
 
 
-def _confidence(row: dict, template: Template, keep: bool) -> float | None:
-    """How sure the judge was, 0-1, from its digit probabilities when the backend gave them."""
+def _keep_probability(expected: float, threshold: float, template: Template) -> float:
+    """The judge's probability of keep, from its expected score (the mean of its digit probabilities).
+
+    0.5 at the threshold, rising linearly to 1 at the top of the scale and falling to 0 at the bottom: an
+    expected score at a scale's end means all the probability sits on that score, so those ends are exact.
+    Only the mean is stored, not the whole distribution, so in between this is an estimate.
+    """
+    lo, hi = float(template.score_min), float(template.score_max)
+    expected = min(hi, max(lo, expected))
+    if expected >= threshold:
+        return 0.5 + 0.5 * (expected - threshold) / (hi - threshold) if hi > threshold else 1.0
+    return 0.5 - 0.5 * (threshold - expected) / (threshold - lo) if threshold > lo else 0.0
+
+
+def _keep_confidence(row: dict, verdict: Verdict, keep: bool) -> float | None:
+    """The judge's probability of the label it suggests, so a suggestion's confidence is always for its own
+    side of the threshold. Below 0.5 only where the suggestion follows the parsed score and the digit
+    probabilities lean to the other side: the judge was torn. None without digit probabilities."""
     expected = _number(row.get("expected_score"))
     if expected is None:
         return None
-    span = template.score_max - template.score_min
-    position = (expected - template.score_min) / span if span else 1.0
-    return round(min(1.0, max(0.0, position if keep else 1.0 - position)), 4)
+    p_keep = _keep_probability(expected, verdict.threshold, verdict.template)
+    return round(p_keep if keep else 1.0 - p_keep, 4)
+
+
+def _score_confidence(row: dict, score: int) -> float | None:
+    """How near the expected score is to the suggested one: 1 - |expected - score|, at least 0. It is the
+    probability of that score exactly when the judge's probability sits on it and one neighbour (a confident
+    judge's usual shape); a wider spread makes it an upper bound. None without digit probabilities."""
+    expected = _number(row.get("expected_score"))
+    if expected is None:
+        return None
+    return round(max(0.0, 1.0 - abs(expected - score)), 4)
 
 
 def _llm_score(row: dict, verdict: Verdict) -> int | None:
@@ -106,12 +131,12 @@ def _suggested_keep(row: dict, verdict: Verdict) -> tuple[str, float | None] | N
     if _number(row.get("score")) is None:
         return None
     keep = bool(judge_keeps(row, verdict.threshold, verdict.by))
-    return KEEP if keep else DISCARD, _confidence(row, verdict.template, keep)
+    return KEEP if keep else DISCARD, _keep_confidence(row, verdict, keep)
 
 
 def _suggested_score(row: dict, verdict: Verdict) -> tuple[int, float | None] | None:
     score = _llm_score(row, verdict)
-    return None if score is None else (score, _confidence(row, verdict.template, True))
+    return None if score is None else (score, _score_confidence(row, score))
 
 
 def _inclusion_prob(row: dict, verdict: Verdict) -> float | None:
