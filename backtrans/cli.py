@@ -322,7 +322,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
     elif args.action == "app":
         try:
-            local.exec_app()
+            return local.run_app()
         except local.LocalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
