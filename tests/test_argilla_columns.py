@@ -74,6 +74,15 @@ def test_a_score_suggestions_confidence_is_how_near_the_expected_score_is():
     assert score(1, 3.5) == 0.0 and score(3, None) is None  # no probabilities: no confidence claimed
 
 
+def test_a_records_row_metadata_is_its_place_in_the_push():
+    template = load_template("humpback")
+    row = scored_rows(1)[0]
+    placed = to_record(dict(row), template, 4, position=3)
+    assert placed.metadata["row"] == 3 and "row" not in to_record(dict(row), template, 4).metadata
+    # A record that moved is sent again: its place is part of what a rerun compares.
+    assert to_record(dict(row), template, 4, position=4).metadata[PUSH_HASH] != placed.metadata[PUSH_HASH]
+
+
 def test_an_unscored_row_gets_no_suggestion_and_no_score():
     record = to_record({"instruction": "q", "generation": "a", "score": None, "status": "parse_error"},
                        load_template("humpback"), 4)

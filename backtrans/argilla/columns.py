@@ -3,7 +3,8 @@ there, and what a pulled record gives back to a row.
 
 `dataset_settings`, `to_record` and `row_from_record` all read COLUMNS, so a new column is one entry there.
 Record ids are a hash of the pair's text, so pushing again updates records in place: never a duplicate, and the
-reviewers' responses stay. The reason the judge gave is a field beside the pair.
+reviewers' responses stay. The reason the judge gave is a field beside the pair. Each record's `row` metadata is
+its place in the pushed rows, so that Argilla can show them in the app's order (ROW_ORDER).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ KEEP, DISCARD = "keep", "discard"
 # A hash of what was pushed, kept as unindexed extra metadata: a rerun skips records the server already holds
 # unchanged, and still updates those whose verdict changed.
 PUSH_HASH = "backtrans_push"
+# The annotation page's own URL parameter ("entity.name.order") that sorts its records by the `row` metadata, as
+# argilla-server 2.8's bundled UI reads it. Without a sort, the server orders each reviewer's records at random
+# (a random_score seeded with the user's id), whatever order they were sent in.
+ROW_ORDER = "sort=metadata.row.asc"
 # Where an SDK class's objects live, in rg.Settings and in rg.Record alike, by the end of its name.
 _PARTS = (("Field", "fields"), ("Question", "questions"), ("MetadataProperty", "metadata"))
 
@@ -37,6 +42,7 @@ class Verdict:
     threshold: float
     by: str = DEFAULT_MEASURE
     run_id: str | None = None
+    position: int | None = None  # the row's place in the pushed rows, 1 first: the app's order
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("status", "TermsMetadataProperty", lambda row, v: str(row.get("status") or "ok"), row="status"),
     Column("instruction_length", "IntegerMetadataProperty", lambda row, v: len(row["instruction"])),
     Column("generation_length", "IntegerMetadataProperty", lambda row, v: len(row["generation"])),
+    # Argilla's annotation page shuffles records per reviewer unless it is sorted: ROW_ORDER sorts by this.
+    Column("row", "IntegerMetadataProperty", lambda row, v: v.position, "Row in backtrans"),
     # What reviewers answer, the judge's verdict suggested (agent: the judge's model).
     Column("keep", "LabelQuestion", _suggested_keep, "Keep this pair for training?",
            lambda template: {"labels": [KEEP, DISCARD], "required": True}),
@@ -218,10 +226,12 @@ def record_id(row: dict) -> str:
     return content_key("pair", row["instruction"], row["generation"])[:32]
 
 
-def to_record(row: dict, template: Template, threshold: float, run_id: str | None = None, by: str = DEFAULT_MEASURE):
+def to_record(row: dict, template: Template, threshold: float, run_id: str | None = None, by: str = DEFAULT_MEASURE,
+              position: int | None = None):
+    """`position`: the row's place in the pushed rows (1 first), kept as the `row` metadata."""
     import argilla as rg
 
-    verdict = Verdict(template, threshold, by, run_id)
+    verdict = Verdict(template, threshold, by, run_id, position)
     values: dict[str, dict] = {part: {} for _, part in _PARTS}
     for column in COLUMNS:
         if (value := column.write(row, verdict)) is not None:
