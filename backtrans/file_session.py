@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,44 @@ if TYPE_CHECKING:  # augment is imported only by the command that uses it
 
 class FileSessionError(Exception):
     """Something asked of the session that cannot be done; the message names what to change."""
+
+
+@dataclass(frozen=True)
+class RunOverview:
+    """One run as `runs` lists it: its record, its rows by status (`RunStore.summary`) and its calls
+    (`RunStore.usage`)."""
+
+    info: RunInfo
+    counts: dict
+    usage: dict
+
+    @property
+    def source(self) -> str:
+        """What the user calls the source: an upload's own name, else the file's name or the Hub id."""
+        config = self.info.config
+        name = config.get("source_name") or str(config.get("source") or "")
+        return Path(name).name if Path(name).suffix else name
+
+    @property
+    def tokens(self) -> int:
+        return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
+
+    def to_json(self) -> dict:
+        """The shape `runs --json` prints, one object per line; times are ISO 8601 in UTC."""
+
+        def when(timestamp: float | None) -> str | None:
+            return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+        counts = self.counts
+        return {
+            "run_id": self.info.run_id, "kind": self.info.kind, "source": self.source,
+            "created": when(self.info.created), "finished": when(self.info.finished),
+            "parent_run_id": self.info.parent_run_id,
+            "rows": {"done": counts["rows"], "ok": counts["ok"], "parse_error": counts["parse_error"],
+                     "llm_error": counts["llm_error"]},
+            "calls": self.usage["calls"], "prompt_tokens": self.usage["prompt_tokens"],
+            "completion_tokens": self.usage["completion_tokens"], "config": self.info.config,
+        }
 
 
 @dataclass
@@ -204,11 +243,11 @@ class FileSession:
         finally:
             store.close()
 
-    def runs(self) -> list[tuple[RunInfo, dict]]:
-        """Every run in the store, newest first, with its calls and tokens."""
+    def runs(self) -> list[RunOverview]:
+        """Every run in the store, newest first, with its rows by status, its calls and tokens."""
         store = RunStore(self.store_path)
         try:
-            return [(info, store.usage(info.run_id)) for info in store.runs()]
+            return [RunOverview(info, store.summary(info.run_id), store.usage(info.run_id)) for info in store.runs()]
         finally:
             store.close()
 

@@ -37,7 +37,16 @@ csv.field_size_limit(64 * 1024 * 1024)  # larger fields get our own clear error,
 
 
 class RecordsError(ValueError):
-    """Bad input. The message names the file, the line and the column."""
+    """Bad input. The message names the file, the line and the column.
+
+    A missing column also carries `missing_columns` (ours) and `found_columns` (the data's): the message stays
+    neutral, and each face adds its own way to map one (the CLI's --map, the app's column dropdowns).
+    """
+
+    def __init__(self, message: str, *, missing_columns: Iterable[str] = (), found_columns: Iterable[str] = ()):
+        super().__init__(message)
+        self.missing_columns = tuple(missing_columns)
+        self.found_columns = tuple(found_columns)
 
 
 @dataclass(frozen=True)
@@ -347,10 +356,10 @@ def iter_rows(
             resolved = resolve_columns(row.keys(), mapping, required + optional)
             missing = [c for c in required if c not in resolved.values()]
             if missing:
+                found = [str(key) for key in row.keys()]
                 raise RecordsError(
                     f"{located.where}: missing column {', '.join(repr(m) for m in missing)} "
-                    f"(found: {', '.join(map(str, row.keys())) or 'none'}); map one with --map SOURCE={missing[0]}"
-                )
+                    f"(found: {', '.join(found) or 'none'})", missing_columns=missing, found_columns=found)
             for src in mapping:
                 if src not in row:
                     raise RecordsError(f"{located.where}: the mapping names column {src!r}, which is not in the data")

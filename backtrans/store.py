@@ -275,8 +275,9 @@ class RunStore:
         return chain
 
     def summary(self, run_id: str) -> dict:
-        """Rows finished in a run, by status, and how many the paper's A4 (>= 4) and A5 (5) keep."""
-        counts = {"rows": 0, "ok": 0, "parse_error": 0, **dict.fromkeys(PAPER_LEVELS, 0)}
+        """Rows finished in a run, by status, and how many the paper's A4 (>= 4) and A5 (5) keep; `llm_error`:
+        rows whose calls failed and that have no result yet (they are never cached, so a rerun tries them again)."""
+        counts = {"rows": 0, "ok": 0, "parse_error": 0, "llm_error": 0, **dict.fromkeys(PAPER_LEVELS, 0)}
         query = "SELECT r.status, r.result FROM run_rows rr JOIN results r ON r.key = rr.key WHERE rr.run_id = ?"
         for status, result in self.db.execute(query, (run_id,)):
             counts["rows"] += 1
@@ -285,6 +286,9 @@ class RunStore:
             if isinstance(score, (int, float)):
                 for name, level in PAPER_LEVELS.items():
                     counts[name] += score >= level
+        counts["llm_error"] = self.db.execute(
+            "SELECT COUNT(DISTINCT key) FROM calls WHERE run_id = ? AND status = 'llm_error' "
+            "AND key NOT IN (SELECT key FROM run_rows WHERE run_id = ?)", (run_id, run_id)).fetchone()[0]
         return counts
 
     def usage(self, run_id: str | None = None) -> dict:

@@ -24,11 +24,63 @@ def test_record_ids_are_content_hashes_and_suggestions_carry_confidence():
                                                            "generation": row["generation"]})
     keep = record.suggestions["keep"]
     assert (keep.value, keep.agent) == ("discard", "judge-m")
-    assert keep.score == pytest.approx(1 - (1.75 - 1) / 4)
+    # Below the threshold 4 on the 1-5 scale: P(keep) = 0.5 - 0.5 * (4 - 1.75) / (4 - 1), and the discard's
+    # confidence is the rest.
+    assert keep.score == pytest.approx(1 - (0.5 - 0.5 * (4 - 1.75) / 3))
     assert record.suggestions["score"].value == 2
+    assert record.suggestions["score"].score == pytest.approx(0.75)  # the expected score is 0.25 from 2
     assert record.metadata["llm_score"] == 2 and record.metadata["run_id"] == "r1"
     assert record.metadata["template"] == "humpback" and record.metadata["instruction_length"] == len("q 1?")
     assert record.fields["judge_reason"] == "reason 1"
+
+
+def _keep(expected: float, threshold: float, score: int | None = None, by: str = "expected_score"):
+    row = {"instruction": "q", "generation": "a", "expected_score": expected,
+           "score": round(expected) if score is None else score}
+    suggestion = to_record(row, load_template("humpback-short"), threshold, by=by).suggestions["keep"]
+    return suggestion.value, suggestion.score
+
+
+def test_a_keep_suggestions_confidence_is_for_the_label_it_suggests():
+    # Seen in the app: a discard suggested at expected 3.4 (threshold 3.8) showed 0.4, its position on the scale.
+    label, confidence = _keep(3.4, 3.8)
+    assert label == "discard" and confidence > 0.5
+    for threshold in (2, 3.8, 4, 4.5):
+        for tenth in range(10, 51):
+            label, confidence = _keep(tenth / 10, threshold)
+            assert (label == "keep") == (tenth / 10 >= threshold)
+            assert 0.5 <= confidence <= 1.0, (tenth, threshold, label, confidence)
+    # The scale's ends are certain (all the probability sits on that score), the threshold itself a coin toss.
+    assert _keep(5.0, 3.8) == ("keep", 1.0) and _keep(1.0, 3.8) == ("discard", 1.0)
+    assert _keep(4.0, 4.0) == ("keep", 0.5)
+    # Further from the threshold, surer.
+    assert _keep(4.2, 3.8)[1] < _keep(4.6, 3.8)[1] and _keep(3.5, 3.8)[1] < _keep(2.5, 3.8)[1]
+
+
+def test_a_keep_that_follows_the_parsed_score_says_when_the_probabilities_disagree():
+    # The reply said 4 (kept at 4), but its digit probabilities lean to 3: the judge was torn, and says so.
+    label, confidence = _keep(3.6, 4, score=4, by="score")
+    assert label == "keep" and confidence < 0.5
+
+
+def test_a_score_suggestions_confidence_is_how_near_the_expected_score_is():
+    template = load_template("humpback-short")
+
+    def score(value: int, expected: float | None):
+        row = {"instruction": "q", "generation": "a", "score": value, "expected_score": expected}
+        return to_record(row, template, 4).suggestions["score"].score
+
+    assert score(4, 4.0) == 1.0 and score(4, 3.7) == pytest.approx(0.7) and score(4, 4.3) == pytest.approx(0.7)
+    assert score(1, 3.5) == 0.0 and score(3, None) is None  # no probabilities: no confidence claimed
+
+
+def test_a_records_row_metadata_is_its_place_in_the_push():
+    template = load_template("humpback")
+    row = scored_rows(1)[0]
+    placed = to_record(dict(row), template, 4, position=3)
+    assert placed.metadata["row"] == 3 and "row" not in to_record(dict(row), template, 4).metadata
+    # A record that moved is sent again: its place is part of what a rerun compares.
+    assert to_record(dict(row), template, 4, position=4).metadata[PUSH_HASH] != placed.metadata[PUSH_HASH]
 
 
 def test_an_unscored_row_gets_no_suggestion_and_no_score():

@@ -12,6 +12,7 @@ def test_the_bundled_rubric_shows_where_the_pair_goes():
     text = guidelines(load_template("humpback"))
     assert "template `humpback`" in text and "(1-5)" in text
     assert "<instruction>\n<answer>" in text and "Score: <rating>" in text
+    assert "choose Sort → Row in backtrans" in text  # without a sort Argilla shuffles records per reviewer
 
 
 def test_guidelines_render_a_template_that_uses_a_dataset_column():

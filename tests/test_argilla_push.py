@@ -1,12 +1,14 @@
 """Pushing to a real local Argilla server (argilla-server 2.8.0 on osmem, redis, worker): safe to repeat or to
 kill, and a review plan split across a dataset and its overlap dataset."""
 
+from urllib.parse import parse_qs, urlparse
+
 import argilla as rg
 import pytest
 
 from backtrans.argilla import ArgillaError, dataset_settings, pull, pull_plan, push, push_plan, push_rows, record_id
 from backtrans.templates import load_template
-from tests.conftest import argilla_sdk, scored_rows
+from tests.conftest import Annotator, argilla_sdk, scored_rows
 from tests.test_argilla_guidelines import WITH_ID
 
 
@@ -15,7 +17,7 @@ def test_push_200_records_and_read_them_back(argilla_stack, argilla_config):
     progress = []
     report = push(rows, "push-200", argilla_config, threshold=4, run_id="run-7", on_progress=progress.append)
     assert report.pushed == 200 and progress[-1] == 200 and len(progress) == 1
-    assert report.url.startswith(argilla_stack.url) and report.url.endswith("/annotation-mode")
+    assert report.url.startswith(argilla_stack.url) and report.url.endswith("/annotation-mode?sort=metadata.row.asc")
     dataset = argilla_sdk(argilla_stack).datasets(name="push-200", workspace="backtrans")
     records = list(dataset.records(with_suggestions=True))
     assert len(records) == 200
@@ -122,3 +124,37 @@ def test_push_rows_splits_a_plan_unless_an_overlap_is_asked_for(argilla_stack, a
     guidelines = argilla_sdk(argilla_stack).datasets(name="rows-set", workspace="backtrans").settings.guidelines
     assert "Review plan: 3 pairs sampled at random" in guidelines  # the plan's design, from its own rows
     assert [r.dataset for r in push_rows(rows, "rows-one", argilla_config, overlap=1)] == ["rows-one"]
+
+
+def _as_the_web_ui_lists(annotator: Annotator, url: str) -> list[str]:
+    """The instructions in the order Argilla's annotation page shows them, opened at `url`: the request its
+    frontend (argilla-server 2.8's bundled UI) sends, with the sort it reads from the page's `sort` parameter
+    ("entity.name.order", several joined by "~"). Without a sort the server shuffles records per user."""
+    dataset_id = urlparse(url).path.split("/dataset/")[1].split("/")[0]
+    body: dict = {"query": {}, "filters": {"and": [
+        {"type": "terms", "scope": {"entity": "response", "property": "status"}, "values": ["pending"]},
+        {"type": "terms", "scope": {"entity": "record", "property": "status"}, "values": ["pending"]}]}}
+    sort = parse_qs(urlparse(url).query).get("sort", [""])[0]
+    for item in filter(None, sort.split("~")):
+        entity, name, *rest = item.split(".")
+        scope: dict = {"entity": entity}
+        if len(rest) == 2:
+            scope.update(question=name, property=rest[0])
+        else:
+            scope[{"response": "question", "metadata": "metadata_property", "record": "property"}[entity]] = name
+        body.setdefault("sort", []).append({"scope": scope, "order": rest[-1]})
+    reply = annotator.session.post(f"{annotator.url}/api/v1/me/datasets/{dataset_id}/records/search",
+                                   params={"include": "responses,suggestions", "offset": 0,
+                                           "limit": 50}, json=body)
+    assert reply.status_code == 200, reply.text
+    return [item["record"]["fields"]["instruction"] for item in reply.json()["items"]]
+
+
+def test_reviewers_see_the_records_in_the_apps_order(argilla_stack, argilla_config):
+    # Seen in Argilla's UI: records in another order than the app's rows (the server shuffles them per user).
+    rows = scored_rows(30, "order")
+    push(rows[10:], "ui-order", argilla_config, threshold=4, batch_size=7)  # a first push of part of the rows
+    report = push(rows, "ui-order", argilla_config, threshold=4, batch_size=7)  # then all, the first ten new
+    wanted = [row["instruction"] for row in rows]
+    for reviewer in ("order-a", "order-b"):
+        assert _as_the_web_ui_lists(Annotator(argilla_stack, reviewer), report.url) == wanted, reviewer

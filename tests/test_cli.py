@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,14 @@ def test_bad_input_exits_2_with_the_location_on_stderr(tmp_path, capsys):
     assert main(["score", str(SAMPLE_PATH), "-o", str(tmp_path / "o.jsonl"), "--template", "nope"]) == 2
 
 
+def test_a_missing_column_gets_the_clis_own_hint(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "pairs.jsonl", [{"user_text": "q", "bot_text": "a"}])
+    assert main(["score", str(src), "-o", str(tmp_path / "o.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ("error: pairs.jsonl:1: missing column 'instruction', 'generation' (found: user_text, bot_text); "
+            "map one with --map SOURCE=instruction") in err
+
+
 def test_exit_0_when_every_row_is_scored_or_flagged(fake_llm, tmp_path):
     fake_llm.config.rate_garbage = 0.5
     src = write_jsonl(tmp_path / "in.jsonl", _rows(20))
@@ -122,6 +131,42 @@ def test_resume_by_run_id_reuses_the_runs_settings(fake_llm, tmp_path, capsys):
     assert fake_llm.requests == 5
     assert main(["runs", "--store", str(store)]) == 0
     assert run_id in capsys.readouterr().out
+
+
+def test_runs_prints_a_table_for_people_and_json_lines_for_machines(fake_llm, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    src = write_jsonl(tmp_path / "pairs.jsonl", _rows(5))
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", store)) == 0
+    good = capsys.readouterr().err.split("run ")[1].split(":")[0]
+    fake_llm.config.rate_500 = 1.0  # every call fails: rows flagged llm_error, none finished
+    failing = write_jsonl(tmp_path / "other.jsonl", [{"instruction": f"new {i}", "generation": "a"} for i in range(3)])
+    main(_score_args(fake_llm.url, failing, tmp_path / "o2.jsonl", store, "--max-retries", "0"))
+    bad = capsys.readouterr().err.split("run ")[1].split(":")[0]
+
+    assert main(["runs", "--store", str(store)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "{" not in "\n".join(lines)  # no raw JSON for people
+    header, *rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    assert header == ["run", "started", "kind", "source", "rows", "ok", "parse errors", "LLM errors", "calls",
+                      "tokens", "state"]
+    table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert list(table) == [bad, good]  # newest first
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", table[good]["started"])
+    assert {k: table[good][k] for k in ("kind", "source", "rows", "ok", "parse errors", "LLM errors", "calls")} == {
+        "kind": "judge", "source": "pairs.jsonl", "rows": "5", "ok": "5", "parse errors": "0", "LLM errors": "0",
+        "calls": "5"}
+    assert int(table[good]["tokens"].replace(",", "")) > 0
+    assert {k: table[bad][k] for k in ("source", "rows", "ok", "LLM errors", "calls")} == {
+        "source": "other.jsonl", "rows": "0", "ok": "0", "LLM errors": "3", "calls": "3"}
+
+    assert main(["runs", "--store", str(store), "--json"]) == 0
+    machine = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [run["run_id"] for run in machine] == [bad, good]
+    first = machine[1]
+    assert (first["kind"], first["source"], first["rows"], first["finished"] is not None) == (
+        "judge", "pairs.jsonl", {"done": 5, "ok": 5, "parse_error": 0, "llm_error": 0}, True)
+    assert first["calls"] == 5 and first["prompt_tokens"] > 0 and first["config"]["source"] == str(src)
+    assert machine[0]["rows"]["llm_error"] == 3
 
 
 def test_resume_with_an_explicit_setting_lets_that_setting_win(fake_llm, tmp_path, capsys):

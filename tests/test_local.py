@@ -1,7 +1,6 @@
 """The embedded default against the real llama.cpp server and the smallest packaged model."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -89,19 +88,18 @@ def _local_cli(home, *args: str) -> str:
 
 @pytest.mark.slow  # starts the real app
 def test_local_down_stops_the_app_that_make_run_recorded(tmp_path):
-    # What `make run` does, with a stand-in for app.py: exec_app records the PID, then execs the script.
+    # What `make run` does, with a stand-in for app.py: run_app records the PID, then runs the script.
     script = tmp_path / "stand_in_app.py"
     script.write_text("import time\nprint('serving', flush=True)\ntime.sleep(120)\n")
     env = {**os.environ, "BACKTRANS_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    app = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from backtrans import local; "
-                               f"local.exec_app(Path({str(script)!r}))"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-c", f"import sys; from pathlib import Path; from backtrans import local; "
+                                  f"sys.exit(local.run_app(Path({str(script)!r})))"]
+    app = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert app.stdout.readline() == "serving\n"  # the script runs in the very process that was started
         recorded = local_state(tmp_path)["app"]
         assert recorded["pids"] == {"app": app.pid}
-        assert recorded["argv"] == [sys.executable, str(script)]
+        assert recorded["argv"] == argv  # its command line, as /proc has it: what `down` checks before a signal
         assert "app: running at http://127.0.0.1:" in _local_cli(tmp_path, "status")
 
         # A second app would fight over the port: refused while the first runs.
@@ -110,12 +108,41 @@ def test_local_down_stops_the_app_that_make_run_recorded(tmp_path):
         assert second.returncode == 2 and f"already running (pid {app.pid})" in second.stderr
 
         assert "stopped app" in _local_cli(tmp_path, "down")
-        assert app.wait(timeout=15) == -signal.SIGTERM
+        assert app.wait(timeout=15) == 0  # SIGTERM ends it calmly
+        assert app.stdout.read() == local.APP_STOPPED + "\n"
         assert "app" not in local_state(tmp_path)
     finally:
         if app.poll() is None:
             app.kill()
             app.wait()
+
+
+@pytest.mark.slow  # starts the real app under make
+def test_make_down_leaves_make_run_with_a_calm_line(fake_llm, tmp_path):
+    # `make run`'s last step, under make itself: make prints "make: *** [...] Terminated" when the app dies of
+    # the SIGTERM that `make down` sends, and nothing when the app exits 0.
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"run:\n\texec {sys.executable} -m backtrans local app\n")
+    port = local.free_port()
+    env = {**os.environ, "BACKTRANS_HOME": str(tmp_path / "home"), "BACKTRANS_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(ROOT), "GRADIO_SERVER_PORT": str(port), "OPENAI_BASE_URL": fake_llm.url,
+           "OPENAI_API_KEY": "local", "BACKTRANS_MODEL": "fake"}
+    env.pop("ARGILLA_API_URL", None)
+    run = subprocess.Popen(["make", "--no-print-directory", "-f", str(makefile), "run"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        local.wait_http(f"http://127.0.0.1:{port}/", 120, pid=run.pid)
+        down = subprocess.run([sys.executable, "-m", "backtrans", "local", "down"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0 and "stopped app" in down.stdout, down.stderr
+        output, _ = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, output
+    assert output.rstrip().splitlines()[-1] == local.APP_STOPPED, output
+    assert "Terminated" not in output and "make: ***" not in output and "Traceback" not in output, output
 
 
 def test_local_down_leaves_a_process_that_only_shares_the_recorded_pid(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 templates as package data, away from the source tree."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,3 +62,21 @@ def test_pip_install_gives_a_working_backtrans_score(fake_llm, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["instruction"] for row in rows] == ["q0", "q1", "q2"]
     assert all(row["status"] == "ok" and 1 <= row["score"] <= 5 for row in rows)
+
+
+@pytest.mark.slow  # three interpreters start
+def test_the_venv_runs_backtrans_from_any_folder(tmp_path):
+    # `make install` installs the package editable: the venv's `backtrans` command and `python -m backtrans`
+    # work in any folder, not only in the repository root, and both run the code of the checkout that holds
+    # the venv (<checkout>/.venv), so an edit needs no reinstall.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    command = Path(sys.executable).parent / "backtrans"
+    assert command.is_file(), f"{command} is missing: the venv lacks the package (make install installs it editable)"
+    for argv in ([str(command), "--help"], [sys.executable, "-m", "backtrans", "--help"]):
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert "score, generate, curate and export" in done.stdout
+    where = subprocess.run([sys.executable, "-c", "import backtrans; print(backtrans.__file__)"], cwd=tmp_path,
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    checkout = Path(sys.prefix).resolve().parent
+    assert Path(where).resolve() == checkout / "backtrans" / "__init__.py"

@@ -71,9 +71,12 @@ def test_header_only_csv(tmp_path):
 
 def test_missing_column_names_line_and_columns(tmp_path):
     write_jsonl(tmp_path / "m.jsonl", [{"instruction": "q", "answr": "a"}])
-    message = _error(tmp_path / "m.jsonl")
-    assert message.startswith("m.jsonl:1: missing column 'generation'")
-    assert "answr" in message and "--map" in message
+    with pytest.raises(RecordsError) as info:
+        validate(tmp_path / "m.jsonl")
+    # The core names what is missing and what is there; how to map a column is each face's own hint.
+    assert str(info.value) == "m.jsonl:1: missing column 'generation' (found: instruction, answr)"
+    assert info.value.missing_columns == ("generation",)
+    assert info.value.found_columns == ("instruction", "answr")
 
 
 def test_broken_json_line_names_line_and_column(tmp_path):

@@ -174,6 +174,8 @@ def test_broken_files_give_clear_errors_in_the_cli_the_app_and_the_dataset_path(
                     "--no-progress")
         assert done.returncode == 2, (name, done.stderr)
         assert expect in done.stderr and "Traceback" not in done.stderr, (name, done.stderr)
+        if name == "wrong_columns.jsonl":  # the CLI's own way to map a column
+            assert "map one with --map SOURCE=instruction" in done.stderr, done.stderr
         session = Workspace(tmp_path / "app", Limits()).session(owner_for(None, None))
         try:
             session.inspect_upload(str(path), name)
@@ -185,6 +187,7 @@ def test_broken_files_give_clear_errors_in_the_cli_the_app_and_the_dataset_path(
             assert loaded.without_response == 1
             continue
         assert session.workbench is None and expect in message and "Traceback" not in message, (name, message)
+        assert "--map" not in message, (name, message)  # no CLI wording in the app
     folder = tmp_path / "dataset-folder"
     folder.mkdir()
     (folder / "train.jsonl").write_bytes(broken["broken_line.jsonl"][0].read_bytes())

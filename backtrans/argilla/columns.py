@@ -3,7 +3,8 @@ there, and what a pulled record gives back to a row.
 
 `dataset_settings`, `to_record` and `row_from_record` all read COLUMNS, so a new column is one entry there.
 Record ids are a hash of the pair's text, so pushing again updates records in place: never a duplicate, and the
-reviewers' responses stay. The reason the judge gave is a field beside the pair.
+reviewers' responses stay. The reason the judge gave is a field beside the pair. Each record's `row` metadata is
+its place in the pushed rows, so that Argilla can show them in the app's order (ROW_ORDER).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ KEEP, DISCARD = "keep", "discard"
 # A hash of what was pushed, kept as unindexed extra metadata: a rerun skips records the server already holds
 # unchanged, and still updates those whose verdict changed.
 PUSH_HASH = "backtrans_push"
+# The annotation page's own URL parameter ("entity.name.order") that sorts its records by the `row` metadata, as
+# argilla-server 2.8's bundled UI reads it. Without a sort, the server orders each reviewer's records at random
+# (a random_score seeded with the user's id), whatever order they were sent in.
+ROW_ORDER = "sort=metadata.row.asc"
 # Where an SDK class's objects live, in rg.Settings and in rg.Record alike, by the end of its name.
 _PARTS = (("Field", "fields"), ("Question", "questions"), ("MetadataProperty", "metadata"))
 
@@ -37,6 +42,7 @@ class Verdict:
     threshold: float
     by: str = DEFAULT_MEASURE
     run_id: str | None = None
+    position: int | None = None  # the row's place in the pushed rows, 1 first: the app's order
 
 
 @dataclass(frozen=True)
@@ -80,14 +86,39 @@ def _agent(row: dict) -> str:
     return str(row.get("model_name") or "llm-judge")
 
 
-def _confidence(row: dict, template: Template, keep: bool) -> float | None:
-    """How sure the judge was, 0-1, from its digit probabilities when the backend gave them."""
+def _keep_probability(expected: float, threshold: float, template: Template) -> float:
+    """The judge's probability of keep, from its expected score (the mean of its digit probabilities).
+
+    0.5 at the threshold, rising linearly to 1 at the top of the scale and falling to 0 at the bottom: an
+    expected score at a scale's end means all the probability sits on that score, so those ends are exact.
+    Only the mean is stored, not the whole distribution, so in between this is an estimate.
+    """
+    lo, hi = float(template.score_min), float(template.score_max)
+    expected = min(hi, max(lo, expected))
+    if expected >= threshold:
+        return 0.5 + 0.5 * (expected - threshold) / (hi - threshold) if hi > threshold else 1.0
+    return 0.5 - 0.5 * (threshold - expected) / (threshold - lo) if threshold > lo else 0.0
+
+
+def _keep_confidence(row: dict, verdict: Verdict, keep: bool) -> float | None:
+    """The judge's probability of the label it suggests, so a suggestion's confidence is always for its own
+    side of the threshold. Below 0.5 only where the suggestion follows the parsed score and the digit
+    probabilities lean to the other side: the judge was torn. None without digit probabilities."""
     expected = _number(row.get("expected_score"))
     if expected is None:
         return None
-    span = template.score_max - template.score_min
-    position = (expected - template.score_min) / span if span else 1.0
-    return round(min(1.0, max(0.0, position if keep else 1.0 - position)), 4)
+    p_keep = _keep_probability(expected, verdict.threshold, verdict.template)
+    return round(p_keep if keep else 1.0 - p_keep, 4)
+
+
+def _score_confidence(row: dict, score: int) -> float | None:
+    """How near the expected score is to the suggested one: 1 - |expected - score|, at least 0. It is the
+    probability of that score exactly when the judge's probability sits on it and one neighbour (a confident
+    judge's usual shape); a wider spread makes it an upper bound. None without digit probabilities."""
+    expected = _number(row.get("expected_score"))
+    if expected is None:
+        return None
+    return round(max(0.0, 1.0 - abs(expected - score)), 4)
 
 
 def _llm_score(row: dict, verdict: Verdict) -> int | None:
@@ -106,12 +137,12 @@ def _suggested_keep(row: dict, verdict: Verdict) -> tuple[str, float | None] | N
     if _number(row.get("score")) is None:
         return None
     keep = bool(judge_keeps(row, verdict.threshold, verdict.by))
-    return KEEP if keep else DISCARD, _confidence(row, verdict.template, keep)
+    return KEEP if keep else DISCARD, _keep_confidence(row, verdict, keep)
 
 
 def _suggested_score(row: dict, verdict: Verdict) -> tuple[int, float | None] | None:
     score = _llm_score(row, verdict)
-    return None if score is None else (score, _confidence(row, verdict.template, True))
+    return None if score is None else (score, _score_confidence(row, score))
 
 
 def _inclusion_prob(row: dict, verdict: Verdict) -> float | None:
@@ -151,6 +182,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("status", "TermsMetadataProperty", lambda row, v: str(row.get("status") or "ok"), row="status"),
     Column("instruction_length", "IntegerMetadataProperty", lambda row, v: len(row["instruction"])),
     Column("generation_length", "IntegerMetadataProperty", lambda row, v: len(row["generation"])),
+    # Argilla's annotation page shuffles records per reviewer unless it is sorted: ROW_ORDER sorts by this.
+    Column("row", "IntegerMetadataProperty", lambda row, v: v.position, "Row in backtrans"),
     # What reviewers answer, the judge's verdict suggested (agent: the judge's model).
     Column("keep", "LabelQuestion", _suggested_keep, "Keep this pair for training?",
            lambda template: {"labels": [KEEP, DISCARD], "required": True}),
@@ -193,10 +226,12 @@ def record_id(row: dict) -> str:
     return content_key("pair", row["instruction"], row["generation"])[:32]
 
 
-def to_record(row: dict, template: Template, threshold: float, run_id: str | None = None, by: str = DEFAULT_MEASURE):
+def to_record(row: dict, template: Template, threshold: float, run_id: str | None = None, by: str = DEFAULT_MEASURE,
+              position: int | None = None):
+    """`position`: the row's place in the pushed rows (1 first), kept as the `row` metadata."""
     import argilla as rg
 
-    verdict = Verdict(template, threshold, by, run_id)
+    verdict = Verdict(template, threshold, by, run_id, position)
     values: dict[str, dict] = {part: {} for _, part in _PARTS}
     for column in COLUMNS:
         if (value := column.write(row, verdict)) is not None:

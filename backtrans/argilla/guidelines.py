@@ -28,6 +28,8 @@ def guidelines(template: Template, design: str | None = None) -> str:
         "**keep** it if it would be a good training example, **discard** it if not. Rate it on the same scale "
         f"the LLM judge used ({template.score_min}-{template.score_max}). The judge's score and reason are "
         "pre-filled as suggestions: accept them or override them.\n\n"
+        "The metadata **row** numbers the records in the order of the rows in backtrans. The link from backtrans "
+        "opens them in that order; from elsewhere, choose Sort → Row in backtrans.\n\n"
         f"The judge's rubric (template `{template.name}`):\n\n```\n{rubric(template).strip()}\n```"
     )
     if design and design.strip():

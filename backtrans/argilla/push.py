@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from backtrans.argilla.columns import PUSH_HASH, dataset_settings, plan_metadata, to_record
+from backtrans.argilla.columns import PUSH_HASH, ROW_ORDER, dataset_settings, plan_metadata, to_record
 from backtrans.argilla.connection import ArgillaConfig, ArgillaError, all_records, connect, failure, quiet_lookups
 from backtrans.argilla.guidelines import plan_design
 from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD
@@ -101,6 +101,9 @@ def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *,
     committed on its own, and a rerun first lists what the server holds and sends only the records that are
     missing or changed, so nothing is lost and nothing is duplicated; reviewers' responses are kept.
 
+    Each record holds its place in `rows` (the `row` metadata; a record whose place changed is sent again), and
+    the report's URL opens Argilla's annotation page sorted by it: the reviewers see the rows in this order.
+
     `on_progress(n)` gets the rows done so far (sent or already there) after each batch.
     `design` (the review plan's sample design) is appended to the guidelines. `overlap` is how many
     reviewers each record asks for (the dataset's distribution): 1 for a new dataset when None, and an
@@ -149,7 +152,7 @@ def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *,
     queued: set[str] = set()
     for number, row in enumerate(rows, 1):
         try:
-            record = to_record(row, template, threshold, run_id, by)
+            record = to_record(row, template, threshold, run_id, by, position=number)
         except ValueError as exc:
             raise ArgillaError(f"row {number}: {exc}") from None
         key = str(record.id)
@@ -162,8 +165,8 @@ def push(rows: Iterable[dict], dataset_name: str, config: ArgillaConfig, *,
             flush()
     flush()
     report()
-    return PushReport(dataset_name, config.workspace, pushed, f"{config.url}/dataset/{dataset.id}/annotation-mode",
-                      skipped)
+    return PushReport(dataset_name, config.workspace, pushed,
+                      f"{config.url}/dataset/{dataset.id}/annotation-mode?{ROW_ORDER}", skipped)
 
 
 def push_plan(rows: list[dict], dataset_name: str, config: ArgillaConfig, *, design: str | None = None,

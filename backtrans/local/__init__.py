@@ -16,22 +16,22 @@ from backtrans.local.models import DEFAULT_MODEL, MODELS, TEST_MODEL, ModelSpec
 from backtrans.local.process import alive, free_port, stop_pid, wait_exit, wait_http, wait_port, wait_until
 from backtrans.local.state import (
     APP_SCRIPT,
+    APP_STOPPED,
     argilla_login,
     down,
     env_lines,
-    exec_app,
     external_argilla,
     read_state,
     record_app,
+    run_app,
     status,
     stop_app,
     up,
 )
 
 __all__ = [
-    "APP_SCRIPT", "ARGILLA_OWNER", "ARGILLA_VENV", "DEFAULT_MODEL", "MODELS", "ROOT", "TEST_MODEL", "ArgillaStack",
-    "LLMServer", "LocalError", "ModelSpec", "alive", "argilla_login", "down", "env_lines", "exec_app",
-    "external_argilla", "free_port",
-    "read_state", "record_app", "serve_llm", "start_argilla", "start_llm", "state_dir", "status", "stop_app",
-    "stop_pid", "up", "wait_exit", "wait_http", "wait_port", "wait_until",
+    "APP_SCRIPT", "APP_STOPPED", "ARGILLA_OWNER", "ARGILLA_VENV", "DEFAULT_MODEL", "MODELS", "ROOT", "TEST_MODEL",
+    "ArgillaStack", "LLMServer", "LocalError", "ModelSpec", "alive", "argilla_login", "down", "env_lines",
+    "external_argilla", "free_port", "read_state", "record_app", "run_app", "serve_llm", "start_argilla", "start_llm", "state_dir",
+    "status", "stop_app", "stop_pid", "up", "wait_exit", "wait_http", "wait_port", "wait_until",
 ]

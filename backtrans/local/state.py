@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import runpy
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import NoReturn
 
 from backtrans.local.argilla_stack import ARGILLA_OWNER, start_argilla
 from backtrans.local.base import ROOT, LocalError, state_dir
@@ -84,8 +85,18 @@ def up(model: str = DEFAULT_MODEL, argilla: bool = True) -> dict:
 
 
 # --- the app (make run) ------------------------------------------------------------------------------
-# `make run` starts the app through `exec_app`, which records the app's PID and command line here too, so
+# `make run` starts the app through `run_app`, which records the app's PID and command line here too, so
 # `down` stops the app as well (and only the app: a PID whose command line differs is left alone).
+
+# What the app's terminal shows when `down` stops it: the SIGTERM it sends is the normal way out, so the app exits
+# 0 and make, which names a child that died of a signal ("make: *** [Makefile:45: run] Terminated"), stays quiet.
+APP_STOPPED = "backtrans: the app was stopped (make down)"
+# Time to unwind after the SIGTERM before the process ends itself anyway (`stop_app` waits 10 s, then kills).
+_STOP_GRACE_S = 5.0
+
+
+class _AppStopped(BaseException):
+    """Raised in the main thread by the SIGTERM handler; a BaseException, so no `except Exception` holds it."""
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -112,17 +123,37 @@ def record_app(pid: int, argv: list[str], url: str) -> None:
     _write_state(state)
 
 
-def exec_app(script: Path = APP_SCRIPT, args: tuple[str, ...] = ()) -> NoReturn:
-    """Becomes the app: exec keeps this process's PID, so the PID recorded here is the app's own."""
+def _on_sigterm(signum: int, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: a second one must not interrupt the unwinding
+    # Past the grace time (a thread that does not let the interpreter finish), end without waiting for it.
+    deadline = threading.Timer(_STOP_GRACE_S, os._exit, args=(0,))
+    deadline.daemon = True  # it must not be the thread that the interpreter waits for
+    deadline.start()
+    raise _AppStopped
+
+
+def run_app(script: Path = APP_SCRIPT, args: tuple[str, ...] = ()) -> int:
+    """Runs the app in this process, recorded so that `down` stops it; `down`'s SIGTERM ends it with the one line
+    APP_STOPPED and exit status 0.
+
+    In this process rather than exec'd: an exec would drop the SIGTERM handler, and the recorded PID and command
+    line are this process's own either way."""
     info = read_state().get("app")
     if _is_our_app(info):
         raise LocalError(f"the app is already running (pid {_app_pid(info)}) at {info['url']}; "
                          "stop it first with `make down`")
-    argv = [sys.executable, str(script), *args]
+    argv = _cmdline(os.getpid()) or list(sys.orig_argv)
     record_app(os.getpid(), argv, f"http://127.0.0.1:{os.environ.get('GRADIO_SERVER_PORT', '7860')}")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.parent))  # as `python app.py` would: the script's folder first
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except _AppStopped:
+        print(APP_STOPPED, flush=True)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return 0
 
 
 def stop_app(info: dict, timeout_s: float = 10.0) -> bool:
