@@ -12,7 +12,6 @@ import asyncio
 import datetime
 import html
 import os
-import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -376,9 +375,9 @@ def inspect_upload(session: Session | None, file: str | None, profile: gr.OAuthP
 
 
 def render_load_error(error: Exception) -> str:
-    message = re.sub(r";? map one with --map \S+", "", str(error))  # a CLI flag means nothing in a web page
-    if "missing column" in message:
-        message += f". {CHOOSE_COLUMNS}"
+    message = str(error)
+    if getattr(error.__cause__ or error, "missing_columns", None) or "missing column" in message:
+        message += f". {CHOOSE_COLUMNS}"  # the app's own hint: the dropdowns above, never a CLI flag
     return f"**Cannot load this data.** {message}"
 
 

@@ -32,6 +32,6 @@ from backtrans.local.state import (
 __all__ = [
     "APP_SCRIPT", "APP_STOPPED", "ARGILLA_OWNER", "ARGILLA_VENV", "DEFAULT_MODEL", "MODELS", "ROOT", "TEST_MODEL",
     "ArgillaStack", "LLMServer", "LocalError", "ModelSpec", "alive", "argilla_login", "down", "env_lines",
-    "external_argilla", "free_port", "read_state", "record_app", "run_app", "serve_llm", "start_argilla", "start_llm", "state_dir",
-    "status", "stop_app", "stop_pid", "up", "wait_exit", "wait_http", "wait_port", "wait_until",
+    "external_argilla", "free_port", "read_state", "record_app", "run_app", "serve_llm", "start_argilla", "start_llm",
+    "state_dir", "status", "stop_app", "stop_pid", "up", "wait_exit", "wait_http", "wait_port", "wait_until",
 ]
