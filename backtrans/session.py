@@ -583,6 +583,7 @@ class Session:
 
     def delete_my_data(self) -> int:
         """Forget the owner's runs, uploads and exports, and the rows on screen. Returns the runs deleted."""
+        self.workspace.jobs.forget(self.owner.key)  # a running job would write its rows back
         store = RunStore(self.workspace.store_path)
         try:
             runs = store.delete_runs(owner=self.owner.key)
