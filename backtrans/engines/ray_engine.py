@@ -52,7 +52,7 @@ class ShardedStore:
             try:
                 fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except OSError:
+            except BlockingIOError:  # held by a live actor; any other error (no locks on this file system) is raised
                 self.lock.close()
                 number += 1
         self.number = number
