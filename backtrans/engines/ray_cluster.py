@@ -129,6 +129,12 @@ def pool_actors(job_id: str) -> list[dict]:
     return [a for a in state.actors(job_id=_job(job_id)).values() if POOL_CLASS in a.get("ActorClassName", "")]
 
 
+def _starting(actor: dict) -> bool:
+    """Created but not ready: the GCS gives a pending actor a PID once a node granted it a worker process (while
+    it waits for CPUs, the PID is 0)."""
+    return actor["State"] in ("DEPENDENCIES_UNREADY", "PENDING_CREATION") and bool(actor.get("Pid"))
+
+
 def _job(job_id: str):
     import ray
 
@@ -237,6 +243,12 @@ class Watch:
                   "LLM", file=self.log, flush=True)
             self.last_change = now
             return
+        starting = sum(1 for a in pool if _starting(a))
+        if starting:  # a process of its own already (imports, the shipped package): slow, not stuck
+            print(f"ray: no row finished for {now - self.last_change:.0f}s; {starting} actor"
+                  f"{' is' if starting == 1 else 's are'} still starting", file=self.log, flush=True)
+            self.last_change = now
+            return
         # The board hears from actors every quarter second; rows a lost node finished last may be missing here.
         kept = (f"At least {done} rows are finished and in the store; run the same command again to resume"
                 if done > 0 else "No row was finished; run the same command again once the cluster has room")
@@ -247,7 +259,7 @@ class Watch:
         if self.lost:
             ips = sorted(n.ip for n in self.start if n.node_id in self.lost)
             parts.append(f"node{'s' if len(ips) > 1 else ''} {', '.join(ips)} left the cluster")
-        waiting = [a for a in pool if a["State"] in WAITING]
+        waiting = [a for a in pool if a["State"] in WAITING and not _starting(a)]
         alive = sum(a["State"] == "ALIVE" for a in pool)
         free = sum(n.free for n in now_nodes)
         if waiting and alive == 0:

@@ -239,6 +239,7 @@ def run_job(job: FileJob, address: str | None = None, actors: int | None = None,
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress line says what matters
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": ours show
     log = log or sys.stderr
     total = job.validate() if total is None else total
     store = RunStore(job.store_path)
