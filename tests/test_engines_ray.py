@@ -22,7 +22,7 @@ from tests.raycluster import ENV, RayCluster
 pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
     """The production habit: a head with no CPUs (no work runs there), two 1-CPU workers, token auth on."""
     started = RayCluster(head_cpus=0, workers=2, token=True)

@@ -69,10 +69,9 @@ def shortfall(actors: int, nodes: list[Node], free: bool = True) -> str | None:
     have = [n.free if free else n.cpus for n in nodes]
     if fits(actors, have):
         return None
-    return (f"the actor pool needs {_cpus(actors * ACTOR_CPUS)} ({actors} actor{'' if actors == 1 else 's'} x "
-            f"{ACTOR_CPUS:g}), and reading "
-            f"{TASK_CPUS:g} more on one node; the cluster has {sum(have):g} {'free' if free else 'in all'} "
-            f"({describe(nodes)})")
+    pool = f"{actors} actor{'' if actors == 1 else 's'} x {ACTOR_CPUS:g}"
+    return (f"the actor pool needs {_cpus(actors * ACTOR_CPUS)} ({pool}), and reading {TASK_CPUS:g} more on one "
+            f"node; the cluster has {sum(have):g} {'free' if free else 'in all'} ({describe(nodes)})")
 
 
 def _cpus(amount: float) -> str:
@@ -203,56 +202,63 @@ class Watch:
     job_id: str
     actors: int
     start: list[Node]
+    total: int | None = None  # rows in the job
     stall_s: float = STALL_S
     log: TextIO = sys.stderr
 
     def __post_init__(self) -> None:
-        self.last_done = -1
+        self.last_seen: tuple[int, int] | None = None
         self.last_change = time.monotonic()
         self.lost: set[str] = set()
         self.placed = False
+        self.ips = {n.node_id: n.ip for n in self.start}
 
-    def check(self, done: int, counts: dict[str, dict]) -> None:
-        """Called every few seconds with the rows finished so far and the board's counts (`ray_engine._Board`):
-        requests in flight count only for actor processes that are still alive."""
-        now_nodes = nodes()
+    def check(self, done: int, written: int, counts: dict[str, dict]) -> None:
+        """Called every few seconds with the rows the actors finished, the rows written out, and the board's
+        counts (`ray_engine._Board`); requests in flight count only for actor processes still alive."""
+        self.judge(time.monotonic(), done, written, counts, nodes(), pool_actors(self.job_id))
+
+    def judge(self, now: float, done: int, written: int, counts: dict[str, dict], now_nodes: list[Node],
+              pool: list[dict]) -> None:
+        """The rule, over what `check` read from the GCS: say what the job waits for; raise when nothing can move."""
+        self.ips.update({n.node_id: n.ip for n in now_nodes})
         alive = {n.node_id for n in now_nodes}
         for node in self.start:
             if node.node_id not in alive and node.node_id not in self.lost:
                 self.lost.add(node.node_id)
                 print(f"ray: node {node.ip} left the cluster; its actors restart where there is room "
                       f"({describe(now_nodes)})", file=self.log, flush=True)
-        pool = pool_actors(self.job_id)
         states = Counter(a["State"] for a in pool)
         alive_keys = {f"{a['ActorID']}:{a['Pid']}" for a in pool if a["State"] == "ALIVE"}
         in_flight = sum(c.get("in_flight", 0) for key, c in counts.items() if key in alive_keys)
         if not self.placed and states["ALIVE"] >= self.actors:
             self.placed = True
-            where = Counter(next((n.ip for n in self.start if n.node_id == a["Address"].get("NodeID")), "?")
-                            for a in pool if a["State"] == "ALIVE")
+            where = Counter(self.ips.get(a["Address"].get("NodeID"), "?") for a in pool if a["State"] == "ALIVE")
             print("ray: actors on " + ", ".join(f"{ip} x{k}" for ip, k in sorted(where.items())), file=self.log,
                   flush=True)
-        now = time.monotonic()
-        if done != self.last_done:
-            self.last_done, self.last_change = done, now
+        if (done, written) != self.last_seen:
+            self.last_seen, self.last_change = (done, written), now
             return
         if now - self.last_change < self.stall_s:
             return
+        quiet = f"ray: no row finished for {now - self.last_change:.0f}s; "
         if in_flight > 0 and states["ALIVE"] > 0:
-            print(f"ray: no row finished for {now - self.last_change:.0f}s; waiting on {in_flight} requests at the "
-                  "LLM", file=self.log, flush=True)
-            self.last_change = now
-            return
+            return self._note(now, quiet + f"waiting on {in_flight} requests at the LLM")
         starting = sum(1 for a in pool if _starting(a))
         if starting:  # a process of its own already (imports, the shipped package): slow, not stuck
-            print(f"ray: no row finished for {now - self.last_change:.0f}s; {starting} actor"
-                  f"{' is' if starting == 1 else 's are'} still starting", file=self.log, flush=True)
-            self.last_change = now
-            return
+            return self._note(now, quiet + f"{starting} actor{' is' if starting == 1 else 's are'} still starting")
+        waiting = any(a["State"] in WAITING for a in pool)
+        if self.total is not None and done >= self.total and not waiting:
+            return self._note(now, "ray: every row is finished; Ray is still handing over the output")
         # The board hears from actors every quarter second; rows a lost node finished last may be missing here.
         kept = (f"At least {done} rows are finished and in the store; run the same command again to resume"
                 if done > 0 else "No row was finished; run the same command again once the cluster has room")
         raise EngineError(f"ray: no progress is possible: {self.reason(now_nodes, pool, now)}. {kept}")
+
+    def _note(self, now: float, line: str) -> None:
+        """Waiting, for a reason that will pass: say it (once per stall_s) and go on."""
+        print(line, file=self.log, flush=True)
+        self.last_change = now
 
     def reason(self, now_nodes: list[Node], pool: list[dict], now: float) -> str:
         parts = []

@@ -303,8 +303,8 @@ def _run(job: FileJob, run_id: str, kind: str, config, live: Progress, actors: i
         except BaseException as exc:  # raised again in the driver's thread
             feed.put(exc)
 
-    supervisor = _Supervisor(board, ray_cluster.Watch(ray.get_runtime_context().get_job_id(), size, start, log=log),
-                             live, on_progress)
+    watch = ray_cluster.Watch(ray.get_runtime_context().get_job_id(), size, start, total, log=log)
+    supervisor = _Supervisor(board, watch, live, on_progress)
     written = Progress(total=total)
     threading.Thread(target=consume, name="ray-output", daemon=True).start()
     with contextlib.ExitStack() as stack:
@@ -358,7 +358,7 @@ class _Supervisor:
         now = time.monotonic()
         if now - self.checked >= 2:
             self.checked = now
-            self.watch.check(self.live.done, self.counts)
+            self.watch.check(self.live.done, written, self.counts)
 
 
 def _tally(progress: Progress, counts: dict[str, dict], floor: int) -> None:
