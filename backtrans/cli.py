@@ -12,6 +12,7 @@ from pathlib import Path
 
 from backtrans.argilla import POLICIES, ArgillaError
 from backtrans.decisions import DEFAULT_MEASURE, DEFAULT_THRESHOLD, MEASURES
+from backtrans.engines import EngineError
 from backtrans.export import ExportError
 from backtrans.file_session import AugmentOptions, Engine, FileSession, FileSessionError
 from backtrans.records import RecordsError, parse_mapping
@@ -52,6 +53,8 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--engine", choices=["asyncio", "ray"], default="asyncio",
                         help="where rows run: this process (default) or a Ray cluster (local if none is given)")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    parser.add_argument("--actors", type=int, help="Ray actors, each with its own --concurrency (default: one per "
+                        "free CPU of the cluster, at most 8, at least one per node with CPUs)")
     parser.add_argument("--batch", action="store_true", help="submit the rows as one OpenAI Batch API job "
                         "(files + batches), poll it, and ingest the results")
     parser.add_argument("--batch-poll", type=float, default=10.0, help="seconds between batch status checks")
@@ -184,7 +187,8 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
         KINDS[args.command], resume=args.resume, llm=llm, drop_duplicates=args.drop_duplicates, augment=augment,
         source=args.input, output=args.output, template=args.template, model=args.model, base_url=args.base_url,
         mapping=parse_mapping(args.map), hf_config=args.hf_config, split=args.split, parent_run_id=args.parent)
-    engine = Engine(args.engine, args.ray_address, args.batch, args.batch_poll, args.batch_file, args.batch_results)
+    engine = Engine(args.engine, args.ray_address, args.batch, args.batch_poll, args.batch_file, args.batch_results,
+                    actors=args.actors)
     bar = None if args.no_progress or args.batch_file else _bar(prepared.total, "row")
     outcome = prepared.run(engine, on_progress=_row_progress(bar) if bar is not None else None)
     if bar is not None:
@@ -420,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         message = redact(redact(str(exc), os.environ.get("OPENAI_API_KEY")), os.environ.get("ARGILLA_API_KEY"))
         print(f"error: {message}{_mapping_hint(exc)}", file=sys.stderr)
         return 2
+    except EngineError as exc:  # a cluster that cannot be joined, or a job that cannot go on: what was kept is said
+        print(f"error: {redact(str(exc), os.environ.get('RAY_AUTH_TOKEN'))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished rows are in the store; rerun the same command to resume", file=sys.stderr)
         return 130

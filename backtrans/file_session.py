@@ -89,11 +89,14 @@ class Engine:
     batch_poll_s: float = 10.0
     batch_file: str | None = None  # only write the requests file
     batch_results: str | None = None  # ingest a results file instead of calling the model
+    actors: int | None = None  # Ray: the pool's size (default: sized to the cluster)
 
     def check(self) -> None:
         if self.name == "ray" and (self.batch or self.batch_file or self.batch_results):
             raise FileSessionError("--batch sends the whole file to the provider's batch service; "
                                    "it takes no --engine ray")
+        if self.actors is not None and self.name != "ray":
+            raise FileSessionError("--actors sizes the Ray actor pool: it needs --engine ray")
 
 
 @dataclass
@@ -126,7 +129,8 @@ class PreparedJob:
         if engine.name == "ray":
             from backtrans.engines.ray_engine import run_job
 
-            run_id, progress = run_job(job, engine.ray_address, on_progress=on_progress, total=total, run_id=run_id)
+            run_id, progress = run_job(job, engine.ray_address, engine.actors, on_progress=on_progress, total=total,
+                                       run_id=run_id)
             return JobOutcome(run_id, progress, "engine ray", self._filter_line())
         if engine.batch_file:
             from backtrans.engines.batch import write_file

@@ -103,13 +103,14 @@ class Measured:
     stats: dict = field(default_factory=dict)
 
 
-def measure(cmd: list[str], server: FakeServer, poll=None) -> Measured:
-    """Run a command to the end; its wall time, CPU, peak RSS (wait4), and the machine's other load."""
+def measure(cmd: list[str], server: FakeServer, poll=None, env: dict[str, str] | None = None) -> Measured:
+    """Run a command to the end; its wall time, CPU, peak RSS (wait4), and the machine's other load.
+    `poll(pid)` is called while it runs; `env` replaces the benchmark's environment (say, a Ray cluster's)."""
     busy0, server0 = machine_busy_s(), server.cpu_s()
     out_path, err_path = Path(f"/tmp/bench-{os.getpid()}.out"), Path(f"/tmp/bench-{os.getpid()}.err")
     with out_path.open("w") as out, err_path.open("w") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=err)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:

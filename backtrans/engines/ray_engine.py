@@ -8,18 +8,28 @@ calling the model, so a rerun, or a row finished by another actor in an earlier 
 The dataset keeps its input order (`preserve_order`), and the driver writes the output in that order: JSONL,
 CSV or Parquet, or, for an OUTPUT without a file extension, a folder of Parquet shards written by the cluster.
 
-Without RAY_ADDRESS (or --ray-address) a local Ray is started for the run and stopped after it.
+Without RAY_ADDRESS (or --ray-address) a local Ray is started for the run and stopped after it. How the pool
+is sized to the cluster, and how a job that cannot go on is stopped, is `ray_cluster`'s. Actors report the
+rows they finish to a small board actor on the driver's node, so progress shows as rows finish, whatever
+order the output waits for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import queue
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
+from backtrans.engines import ray_cluster
 from backtrans.llm import LLMClient
+from backtrans.records import FORMATS
 from backtrans.runner import FileJob, Progress, merge, run_rows
 from backtrans.store import RunStore
 
@@ -43,25 +53,21 @@ class ShardedStore:
             try:
                 fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except OSError:
+            except BlockingIOError:  # held by a live actor; any other error (no locks on this file system) is raised
                 self.lock.close()
                 number += 1
         self.number = number
         self.own = RunStore(shard_dir / f"shard-{number}.sqlite")
         self.others: dict[str, RunStore] = {}
 
-    def _readers(self) -> list[RunStore]:
-        # Shards that appeared since (another actor's), and the main store (an earlier asyncio run).
+    def refresh(self) -> None:
+        """Open shards that appeared since (another actor's), and the main store (an earlier asyncio run)."""
         paths = [p for p in self.shard_dir.glob("shard-*.sqlite") if p != Path(self.own.path)]
         if Path(self.main_store).exists():
             paths.append(Path(self.main_store))
         for path in paths:
             if str(path) not in self.others:
                 self.others[str(path)] = RunStore(path)
-        return list(self.others.values())
-
-    def refresh(self) -> None:
-        self._readers()
 
     def get(self, key: str) -> dict | None:
         found = self.own.get(key)
@@ -110,12 +116,33 @@ def _normalizer(mapping: dict, required: tuple[str, ...], optional: tuple[str, .
     return normalize
 
 
+class _Board:
+    """A Ray actor (no CPU, on the driver's node): each pool actor's running counts, for progress and the watch.
+
+    Counts are keyed by actor and process, and sent whole (not as increments), so a lost report costs nothing
+    and an actor restarted after a lost node starts a new entry."""
+
+    def __init__(self):
+        self.entries: dict[str, dict] = {}
+
+    def report(self, key: str, counts: dict) -> None:
+        self.entries[key] = counts
+
+    def snapshot(self) -> dict[str, dict]:
+        return self.entries
+
+
+COUNTED = ("done", "cached", "ok", "parse_error", "llm_error", "prompt_tokens", "completion_tokens")
+
+
 class _Worker:
     """One Ray actor: an event loop, an LLM client and a store shard, reused for every batch it gets."""
 
     def __init__(self, task, store_path: str, run_id: str, kind: str, config: dict, mapping: dict,
                  required: tuple[str, ...], optional: tuple[str, ...], output_columns: tuple[str, ...],
-                 normalize_rows: bool):
+                 normalize_rows: bool, board=None):
+        import ray
+
         self.task = task
         self.store = ShardedStore(store_path, Path(store_path + SHARD_SUFFIX))
         self.store.own.start_run(kind, config, run_id=run_id)
@@ -123,6 +150,20 @@ class _Worker:
         self.client: LLMClient | None = None
         self.normalize = _normalizer(mapping, required, optional) if normalize_rows else None
         self.columns = output_columns
+        self.board = board
+        self.key = f"{ray.get_runtime_context().get_actor_id()}:{os.getpid()}"
+        self.progress = Progress()  # this process's rows, over every batch it got
+        self.started = 0
+        self.reported = 0.0
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.board is None or (not force and now - self.reported < 0.25):
+            return
+        self.reported = now
+        counts = {name: getattr(self.progress, name) for name in COUNTED}
+        counts["in_flight"] = self.started - self.progress.done
+        self.board.report.remote(self.key, counts)
 
     async def __call__(self, batch):
         import pyarrow as pa
@@ -133,26 +174,36 @@ class _Worker:
         rows = batch.to_pylist()
         if self.normalize is not None:
             rows = [self.normalize(row) for row in rows]
+        self.started += len(rows)
         out = []
-        async for row, result in run_rows(rows, self.task, self.client, self.store, self.run_id):
-            out.append(merge(row, result, self.columns))
+        async for row, result in run_rows(rows, self.task, self.client, self.store, self.run_id, self.progress,
+                                          ticks=True):
+            if row is not None:
+                out.append(merge(row, result, self.columns))
+            self._report()
+        self._report(force=True)
         return pa.Table.from_pylist(out)
 
 
-def _read(source: str, config: str | None, split: str | None):
-    """The input as a Ray Dataset, and whether its rows still need our column names."""
+def _read_input(job: FileJob):
+    """The input as a Ray Dataset: files read by the cluster's tasks, or rows this process made."""
     import ray.data
 
-    path = Path(source)
+    cpus = {"num_cpus": ray_cluster.TASK_CPUS}  # beside an actor on a 1-CPU node (Ray's default asks for 1)
+    if job.row_source is not None:
+        # Augment's candidates: made here, after the corpus-wide filters.
+        return ray.data.from_items(list(job.rows()))
+    path = Path(job.source)
     files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.is_file()) if path.is_dir() else []
     suffixes = {p.suffix.lower() for p in files}
-    if files and suffixes <= {".jsonl", ".ndjson", ".json"}:
+    formats = {FORMATS.get(suffix) for suffix in suffixes}  # records' one registry of input formats
+    if files and formats == {"jsonl"}:
         # Read as text and parsed by us: pyarrow's JSON reader guesses one type per column and block.
         import json
 
-        lines = ray.data.read_text([str(p) for p in files])
-        return lines.flat_map(lambda r: [json.loads(r["text"])] if r["text"].strip() else []), True
-    if files and suffixes <= {".csv", ".tsv"}:
+        lines = ray.data.read_text([str(p) for p in files], **cpus)
+        return lines.flat_map(lambda r: [json.loads(r["text"])] if r["text"].strip() else [], **cpus)
+    if files and formats == {"csv"}:
         import csv
 
         import pyarrow as pa
@@ -163,101 +214,161 @@ def _read(source: str, config: str | None, split: str | None):
         convert = pacsv.ConvertOptions(column_types={h.strip(): pa.string() for h in header},
                                        strings_can_be_null=False)
         parse = pacsv.ParseOptions(delimiter="\t" if ".tsv" in suffixes else ",", newlines_in_values=True)
-        return ray.data.read_csv([str(p) for p in files], convert_options=convert, parse_options=parse), True
-    if files and suffixes <= {".parquet", ".pq"}:
-        return ray.data.read_parquet([str(p) for p in files]), True
+        return ray.data.read_csv([str(p) for p in files], convert_options=convert, parse_options=parse, **cpus)
+    if files and formats == {"parquet"}:
+        return ray.data.read_parquet([str(p) for p in files], **cpus)
     import datasets
 
     if path.is_dir():
         dataset = datasets.load_from_disk(str(path))
     else:
-        dataset = datasets.load_dataset(source, config, split=split)
+        dataset = datasets.load_dataset(job.source, job.config, split=job.split)
     if isinstance(dataset, datasets.DatasetDict):
-        dataset = dataset[split or next(iter(dataset))]
-    return ray.data.from_huggingface(dataset), True
-
-
-def connect(address: str | None) -> bool:
-    """Join the cluster at `address` (or $RAY_ADDRESS); without one, start a local Ray. True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address:
-        # The workers of a remote cluster get this package from the driver.
-        package = str(Path(__file__).resolve().parents[1])
-        ray.init(address=address, runtime_env={"py_modules": [package]}, **quiet)
-        return False
-    root = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **quiet)
-    return True
+        dataset = dataset[job.split or next(iter(dataset))]
+    return ray.data.from_huggingface(dataset)
 
 
 def run_job(job: FileJob, address: str | None = None, actors: int | None = None,
             on_progress: Callable[[Progress], None] | None = None, total: int | None = None,
-            run_id: str | None = None) -> tuple[str, Progress]:
-    """Run a FileJob on Ray; the output is written in input order. Returns (run_id, progress)."""
+            run_id: str | None = None, log: TextIO | None = None) -> tuple[str, Progress]:
+    """Run a FileJob on Ray; the output is written in input order. Returns (run_id, progress).
+
+    `actors`: the pool's size (--actors); by default one per free CPU of the cluster (ray_cluster.pool_size).
+    Raises EngineError when the cluster cannot be joined or the job can make no progress."""
     import logging
 
     import ray
     import ray.data
 
-    from backtrans.export import RowWriter
-
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress line says what matters
-
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": ours show
+    log = log or sys.stderr
     total = job.validate() if total is None else total
     store = RunStore(job.store_path)
     config = job.run_config()
     kind = job.task.kind
     run_id = run_id or store.resume_or_start(kind, config, parent=job.parent_run_id)
-    started_here = connect(address)
-    progress = Progress(total=total)
+    live = Progress(total=total)  # from here: joining the cluster and starting the actors count too
+    joined = ray_cluster.connect(address)
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # the output keeps the input's order
-        context.enable_progress_bars = False
-        if job.row_source is not None:
-            # Rows made by this process (augment's segments, after the corpus-wide filters).
-            dataset, normalize = ray.data.from_items(list(job.rows())), False
-        else:
-            dataset, normalize = _read(job.source, job.config, job.split)
-        if actors is None:
-            actors = max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))
-        batch_size = max(64, job.task.settings.concurrency * 4)
-        results = dataset.map_batches(
-            _Worker, batch_size=batch_size, batch_format="pyarrow", num_cpus=0.5,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            fn_constructor_args=(job.task, str(Path(job.store_path).resolve()), run_id, kind, config, job.mapping,
-                                 job.required, job.optional, job.task.output_columns, normalize),
-        )
-        output = Path(job.output)
-        if not output.suffix:  # a folder of Parquet shards, written by the cluster
-            results.write_parquet(str(output))
-            for status, count in _statuses(ray.data.read_parquet(str(output))).items():
-                setattr(progress, status, getattr(progress, status, 0) + count)
-                progress.done += count
-        else:
-            with RowWriter(output, job.output_format) as writer:
-                for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                    for row in batch.to_pylist():
-                        writer.write(row)
-                        progress.count({"status": row.get("status") or "ok"}, False, None)
-                        if on_progress:
-                            on_progress(progress)
-        progress.finished = time.monotonic()
-        usage = _shard_usage(Path(str(Path(job.store_path).resolve()) + SHARD_SUFFIX), run_id)
-        progress.prompt_tokens, progress.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
-        progress.cached = max(0, progress.done - usage["calls"])  # rows no actor had to ask the model for
-        store.finish_run(run_id)
-        return run_id, progress
+        return run_id, _run(job, run_id, kind, config, live, actors, on_progress, log, store)
     finally:
         store.close()
-        if started_here:
+        if joined:
             ray.shutdown()
+
+
+def _run(job: FileJob, run_id: str, kind: str, config, live: Progress, actors: int | None,
+         on_progress: Callable[[Progress], None] | None, log: TextIO, store: RunStore) -> Progress:
+    """The pipeline on the joined cluster: `live` counts rows as actors finish them, the result counts the
+    rows written."""
+    import ray
+    import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from backtrans.export import RowWriter
+
+    total = live.total
+    start = ray_cluster.nodes()
+    size = ray_cluster.pool_size(start, actors)
+    concurrency = job.task.settings.concurrency
+    print(f"ray: {size} actor{'' if size == 1 else 's'} x --concurrency {concurrency} = {size * concurrency} "
+          f"requests in flight; {total} rows; nodes: {ray_cluster.describe(start)}", file=log, flush=True)
+    waiting = ray_cluster.shortfall(size, start)
+    if waiting:
+        print(f"ray: waiting for CPUs: {waiting}", file=log, flush=True)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the output keeps the input's order
+    context.enable_progress_bars = False
+    here = ray.get_runtime_context().get_node_id()
+    board = ray.remote(num_cpus=0)(_Board).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    results = _read_input(job).map_batches(
+        _Worker, batch_size=max(64, concurrency * 4), batch_format="pyarrow", num_cpus=ray_cluster.ACTOR_CPUS,
+        compute=ray.data.ActorPoolStrategy(size=size),
+        fn_constructor_args=(job.task, str(Path(job.store_path).resolve()), run_id, kind, config, job.mapping,
+                             job.required, job.optional, job.task.output_columns, job.row_source is None, board),
+    )
+    output = Path(job.output)
+    folder = not output.suffix  # a folder of Parquet shards, written by the cluster
+    feed: queue.Queue = queue.Queue(maxsize=8)
+
+    def consume() -> None:
+        # Ray's iterator blocks; in its own thread it leaves the driver's thread free to watch and report.
+        try:
+            if folder:
+                results.write_parquet(str(output), ray_remote_args={"num_cpus": ray_cluster.TASK_CPUS})
+            else:
+                for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                    feed.put(batch)
+            feed.put(None)
+        except BaseException as exc:  # raised again in the driver's thread
+            feed.put(exc)
+
+    watch = ray_cluster.Watch(ray.get_runtime_context().get_job_id(), size, start, total, log=log)
+    supervisor = _Supervisor(board, watch, live, on_progress)
+    written = Progress(total=total)
+    threading.Thread(target=consume, name="ray-output", daemon=True).start()
+    with contextlib.ExitStack() as stack:
+        writer = None if folder else stack.enter_context(RowWriter(output, job.output_format))
+        while True:
+            try:
+                item = feed.get(timeout=0.5)
+            except queue.Empty:
+                supervisor.tick(written.done)
+                continue
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            for row in item.to_pylist():
+                writer.write(row)
+                written.count({"status": row.get("status") or "ok"}, False, None)
+            supervisor.tick(written.done)
+    if folder:
+        for status, count in _statuses(ray.data.read_parquet(str(output), num_cpus=ray_cluster.TASK_CPUS)).items():
+            setattr(written, status, getattr(written, status, 0) + count)
+            written.done += count
+    written.started, written.finished = supervisor.live.started, time.monotonic()
+    counts = ray.get(board.snapshot.remote(), timeout=30)
+    written.prompt_tokens = sum(c.get("prompt_tokens", 0) for c in counts.values())
+    written.completion_tokens = sum(c.get("completion_tokens", 0) for c in counts.values())
+    written.cached = min(written.done, sum(c.get("cached", 0) for c in counts.values()))
+    store.finish_run(run_id)
+    return written
+
+
+class _Supervisor:
+    """The driver's thread between output batches: the board's counts to the progress display, and the watch."""
+
+    def __init__(self, board, watch: ray_cluster.Watch, live: Progress,
+                 on_progress: Callable[[Progress], None] | None):
+        self.board, self.watch, self.live, self.on_progress = board, watch, live, on_progress
+        self.counts: dict[str, dict] = {}
+        self.checked = 0.0
+
+    def tick(self, written: int) -> None:
+        import ray
+
+        try:
+            self.counts = ray.get(self.board.snapshot.remote(), timeout=10)
+        except ray.exceptions.GetTimeoutError:
+            pass  # the last counts stand; the watch still looks at the cluster
+        _tally(self.live, self.counts, floor=written)
+        if self.on_progress:
+            self.on_progress(self.live)
+        now = time.monotonic()
+        if now - self.checked >= 2:
+            self.checked = now
+            self.watch.check(self.live.done, written, self.counts)
+
+
+def _tally(progress: Progress, counts: dict[str, dict], floor: int) -> None:
+    """The board's sums as a Progress: rows finished in any order (a row redone after a lost node counts once
+    more, so the sums are capped at the total)."""
+    for name in COUNTED:
+        setattr(progress, name, sum(c.get(name, 0) for c in counts.values()))
+    progress.done = max(floor, min(progress.done, progress.total or progress.done))
 
 
 def _statuses(dataset) -> dict[str, int]:
@@ -266,16 +377,3 @@ def _statuses(dataset) -> dict[str, int]:
         for status in batch.column("status").to_pylist():
             counts[status or "ok"] = counts.get(status or "ok", 0) + 1
     return counts
-
-
-def _shard_usage(shard_dir: Path, run_id: str) -> dict:
-    """Calls and tokens of this run across every shard."""
-    totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    for path in sorted(shard_dir.glob("shard-*.sqlite")):
-        store = RunStore(path)
-        try:
-            for name, value in store.usage(run_id).items():
-                totals[name] += value
-        finally:
-            store.close()
-    return totals
