@@ -471,7 +471,7 @@ def test_a_review_plan_through_real_argilla_with_two_reviewers(workspace, fake_l
     assert sorted(pulled.summary["reviewers"]) == ["plan-ann", "plan-bob"]
     estimates = session.review_estimate(0.8)
     assert estimates.reviewed == 40 and estimates.agreement.items == 10
-    assert (estimates.calibration["low"] <= estimates.calibration["keep_rate"]).all()
+    assert (estimates.calibration["low"] <= estimates.calibration["keep_rate"] + 1e-9).all()
     assert {"precision", "recall"} == set(estimates.curve["metric"])
     assert estimates.suggested is not None and estimates.suggested.threshold >= 3
 
