@@ -27,10 +27,13 @@ from backtrans.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
-# A driver's environment: this checkout's backtrans, and none of the caller's own Ray settings.
+# A driver's environment: this checkout's backtrans, and none of the caller's own Ray settings. Its own HOME: a
+# local `ray.init()` writes ~/.ray/auth_token (Ray 2.60), and `ray start --head` then turns token auth on for
+# anyone on the machine who starts a cluster.
 ENV = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
                                                         "RAY_AUTH_TOKEN_PATH")}
 ENV["PYTHONPATH"] = str(ROOT)
+ENV["HOME"] = tempfile.mkdtemp(prefix="backtrans-ray-home-")
 
 
 class RayCluster:
