@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,8 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backtrans import local  # noqa: E402
-from tests.conftest import JUDGE, FakeProcess, client_for, upload, write_jsonl  # noqa: E402
+from tests.conftest import JUDGE, AppServer, FakeProcess, client_for, upload, write_jsonl  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -41,24 +39,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-class App:
-    def __init__(self, app_root: Path, data_dir: Path, env: dict[str, str]):
-        self.port = local.free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = open(data_dir / "app.log", "wb")  # noqa: SIM115 (closed in stop)
-        full_env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "BACKTRANS_DATA_DIR": str(data_dir),
-                    "PYTHONPATH": str(app_root), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-                    "HF_HUB_DISABLE_TELEMETRY": "1", "BACKTRANS_OAUTH": "0", **env}
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=app_root, env=full_env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
-        local.wait_http(self.url, 120, pid=self.process.pid)
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.log.close()
 
 
 def visit(url: str, path: Path, times: list[float], errors: list[str], start: threading.Barrier) -> None:
@@ -76,7 +56,7 @@ def visit(url: str, path: Path, times: list[float], errors: list[str], start: th
         errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def crowd(app: App, folder: Path, visitors: int, rows: int, salt: str) -> dict:
+def crowd(app: AppServer, folder: Path, visitors: int, rows: int, salt: str) -> dict:
     paths = [write_jsonl(folder / f"{salt}-{v}.jsonl", [
         {"instruction": f"{salt} visitor {v} question {i}?", "generation": f"answer {i}"} for i in range(rows)])
         for v in range(visitors)]
@@ -110,9 +90,11 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="backtrans-visitors-"))
     fake = FakeProcess("--latency", str(args.latency))
     # As a Space runs it, with the app's model lent to visitors and no per-owner job cap in the way.
-    app = App(args.app_root.resolve(), folder, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "m",
-                                                "SPACE_ID": "bench/visitors", "BACKTRANS_SHARE_SERVER_KEY": "1",
-                                                "BACKTRANS_ROWS_PER_DAY": "0", "BACKTRANS_MAX_CONCURRENCY": "256"})
+    app = AppServer(folder, {"OPENAI_BASE_URL": fake.url, "BACKTRANS_MODEL": "m", "SPACE_ID": "bench/visitors",
+                             "BACKTRANS_SHARE_SERVER_KEY": "1", "BACKTRANS_ROWS_PER_DAY": "0",
+                             "BACKTRANS_MAX_CONCURRENCY": "256", "BACKTRANS_OAUTH": "0",
+                             "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+                             "HF_HUB_DISABLE_TELEMETRY": "1"}, root=args.app_root.resolve())
     print(f"app: {args.app_root.resolve()}; {args.rows} pairs a visitor, {args.latency * 1000:.0f} ms a call, "
           f"concurrency {JUDGE['concurrency']} a visitor")
     print("| visitors | finished | p50 s | p95 s | max s | app CPU ms/row | RSS MB | rows/s |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
@@ -207,15 +208,16 @@ def browser_context_args(browser_context_args):
 class AppServer:
     """app.py as a user runs it, in its own process."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]):
+    def __init__(self, data_dir: Path, env: dict[str, str], root: Path = ROOT):
+        """`root`: the checkout whose app.py runs (a benchmark compares an older commit's)."""
         self.port = local.free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         full_env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "BACKTRANS_DATA_DIR": str(data_dir),
-                    "PYTHONPATH": str(ROOT), **env}
+                    "PYTHONPATH": str(root), **env}
         self.log = open(data_dir / "app.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=self.log,
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=full_env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
-        local.wait_http(self.url, 90, pid=self.process.pid)
+        local.wait_http(self.url, 120, pid=self.process.pid)
 
     def stop(self) -> None:
         self.process.kill()
@@ -252,3 +254,24 @@ def upload(client, path: Path) -> tuple:
 
     client.predict(file=handle_file(str(path)), api_name="/inspect_upload")
     return client.predict(instruction_column="instruction", generation_column="generation", api_name="/load_upload")
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # a test's output is its asserts, not an access log
+        pass
+
+
+class LoopbackServer:
+    """A stdlib HTTP server on loopback, in a thread of its own: for the small fakes a test needs (a Hub API, an
+    internal service)."""
+
+    def __init__(self, handler: type) -> None:
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,7 +1,6 @@
 """The Gradio face as strangers reach it: every named endpoint through gradio_client, an attacker who probes
 them with other owners' run ids and server paths, and sign-in with Gradio's mocked Hugging Face OAuth."""
 
-import http.server
 import json
 import os
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import app
-from tests.conftest import JUDGE, AppServer, client_for, upload, write_jsonl
+from tests.conftest import JUDGE, AppServer, LoopbackServer, QuietHandler, client_for, upload, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -167,29 +166,21 @@ def test_on_a_space_a_visitor_cannot_reach_the_spaces_own_network_and_off_it_loc
 # --- sign-in -----------------------------------------------------------------------------------------------
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """The Hub's /api/whoami-v2, which Gradio's mocked sign-in asks once at start: real HTTP on loopback."""
 
     def __init__(self, username: str):
         body = json.dumps({"type": "user", "name": username, "fullname": username.title(), "avatarUrl": "",
                            "orgs": [], "auth": {}}).encode()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802 (the stdlib's name)
                 self.send_response(200 if self.path.startswith("/api/whoami") else 404)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        super().__init__(Handler)
 
 
 def _answer(client, **kwargs) -> str:

@@ -280,6 +280,14 @@ def test_cpus_held_by_another_job_the_command_says_what_it_waits_for_and_exits(c
     assert server.stats()["requests"] == 0 and not (tmp_path / "out.jsonl").exists()
 
 
+def _score_in_background(cluster, server, src, out, store) -> subprocess.Popen:
+    """`score` through the cluster in its own process, so the test can take nodes away while it runs."""
+    return subprocess.Popen([sys.executable, "-m", "backtrans", *_score_args(server, src, out, store, "--no-progress",
+                                                                            "--no-hedge")],
+                            cwd=ROOT, env=cluster.driver_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_worker_lost_mid_run_the_job_finishes_on_the_node_that_remains(fake_process, tmp_path):
@@ -289,10 +297,7 @@ def test_a_worker_lost_mid_run_the_job_finishes_on_the_node_that_remains(fake_pr
         server = fake_process("--latency", "0.25")
         src = write_jsonl(tmp_path / "in.jsonl", _pairs(2000))
         out, store = tmp_path / "out.jsonl", tmp_path / "s.sqlite"
-        process = subprocess.Popen([sys.executable, "-m", "backtrans", *_score_args(server, src, out, store,
-                                                                                    "--no-progress", "--no-hedge")],
-                                   cwd=ROOT, env=lost_cluster.driver_env(), text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = _score_in_background(lost_cluster, server, src, out, store)
         try:
             _wait_for_requests(server, 400)
             lost_cluster.kill("127.0.0.3")
@@ -321,10 +326,7 @@ def test_every_worker_lost_the_command_says_so_and_exits_then_a_rerun_resumes(fa
         server = fake_process("--latency", "0.25")
         src = write_jsonl(tmp_path / "in.jsonl", _pairs(2000))
         out, store = tmp_path / "out.jsonl", tmp_path / "s.sqlite"
-        process = subprocess.Popen([sys.executable, "-m", "backtrans", *_score_args(server, src, out, store,
-                                                                                    "--no-progress", "--no-hedge")],
-                                   cwd=ROOT, env=dead_cluster.driver_env(), text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = _score_in_background(dead_cluster, server, src, out, store)
         try:
             _wait_for_requests(server, 300)
             dead_cluster.kill("127.0.0.3")

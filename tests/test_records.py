@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from backtrans.records import SAMPLE_PATH, RecordsError, load_records, parse_mapping, preview_columns, validate
-from tests.conftest import write_jsonl
+from tests.conftest import LoopbackServer, QuietHandler, write_jsonl
 
 
 def _error(path, **kwargs) -> str:
@@ -156,7 +156,7 @@ def test_preview_shows_raw_columns_before_mapping(tmp_path):
 # --- a Hub dataset whose card points outside its repository ---------------------------------------------------
 
 
-class FakeHubDatasets:
+class FakeHubDatasets(LoopbackServer):
     """Enough of the Hub's dataset API for `datasets.load_dataset(OWNER/NAME)`: info, tree, paths-info, resolve.
 
     `repos` maps a repo id to its files (path -> bytes). Real HTTP on loopback."""
@@ -165,13 +165,11 @@ class FakeHubDatasets:
 
     def __init__(self, repos: dict[str, dict[str, bytes]]):
         import hashlib
-        import http.server
-        import threading
         import urllib.parse
 
         sha = self.SHA
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
@@ -216,16 +214,7 @@ class FakeHubDatasets:
 
             do_HEAD = do_POST = do_GET
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _card(configs: str) -> bytes:
