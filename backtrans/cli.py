@@ -35,7 +35,10 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--rpm", type=float, help="requests per minute limit")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    parser.add_argument("--max-retries", type=int, default=6)
+    parser.add_argument("--max-retries", type=int, default=6, help="transport retries per request (default 6)")
+    parser.add_argument("--reask", type=_count, metavar="N", help="ask the same prompt up to N more times when a "
+                        "reply has no usable answer (a judge's reply with no score); every reply is kept in the "
+                        "store (default: the template's `reask` setting, else 1; 0 turns it off)")
     parser.add_argument("--map", action="append", default=[], metavar="SOURCE=TARGET",
                         help="column mapping, e.g. --map prompt=instruction (repeatable)")
     parser.add_argument("--config", dest="hf_config", help="Hub dataset config")
@@ -59,6 +62,16 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
                         "run_batch) for the rows not in the store yet, and stop")
     parser.add_argument("--batch-results", metavar="PATH", help="ingest a Batch API results file (vLLM's "
                         "run_batch output) instead of calling the model")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return value
 
 
 def _threshold_options(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -181,6 +194,7 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
            "max_retries": args.max_retries, "hedge": False if args.no_hedge else None}
     prepared = _session(args).prepare(
         KINDS[args.command], resume=args.resume, llm=llm, drop_duplicates=args.drop_duplicates, augment=augment,
+        reask=args.reask,
         source=args.input, output=args.output, template=args.template, model=args.model, base_url=args.base_url,
         mapping=parse_mapping(args.map), hf_config=args.hf_config, split=args.split, parent_run_id=args.parent)
     engine = Engine(args.engine, args.ray_address, args.batch, args.batch_poll, args.batch_file, args.batch_results)

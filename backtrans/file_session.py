@@ -134,11 +134,13 @@ class FileSession:
     # --- LLM jobs -----------------------------------------------------------------------------------------
 
     def prepare(self, kind: str, *, resume: str | None = None, llm: dict | None = None,
-                drop_duplicates: bool = False, augment: AugmentOptions | None = None,
+                drop_duplicates: bool = False, augment: AugmentOptions | None = None, reask: int | None = None,
                 **given: object) -> PreparedJob:
         """A judge, generate or augment job. `given`: the RunConfig settings the user stated (source, output,
         template, model, base_url, mapping, hf_config, split, parent_run_id); with `resume`, the stored run's
-        settings fill in the rest and every stated one wins. `llm`: LLMSettings overrides (concurrency, ...)."""
+        settings fill in the rest and every stated one wins. `llm`: LLMSettings overrides (concurrency, ...).
+        `reask`: asks after a reply with no usable answer (None: the template's `reask`, default 1). Like the
+        retries it is how a run asks, not what it asks, so it is not part of the run's settings or cache key."""
         config = self._settings(kind, resume, given)
         settings = LLMSettings.from_env(model=config.model or None, base_url=config.base_url or None, **(llm or {}))
         template = load_template(config.template)
@@ -172,6 +174,8 @@ class FileSession:
                 return candidate_rows(source, filters, report, config=config.hf_config, split=config.split,
                                       mapping=config.mapping)
 
+        if reask is not None:
+            task.reask = reask
         job = FileJob(source=source, output=str(Path(str(config.output)).resolve()), task=task,
                       store_path=self.store_path, mapping=config.mapping, required=required, optional=optional,
                       config=config.hf_config, split=config.split, drop_duplicates=drop_duplicates,
