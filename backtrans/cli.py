@@ -128,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "while the precision's lower bound meets this")
     estimate.add_argument("--json", metavar="REPORT", help="write the chosen (or given) threshold's report here")
 
+    align = sub.add_parser("align", help="align the judge with its reviewers: calibrate it on their decisions "
+                           "(aligned_score); with --rejudge, also judge again with their overrulings as examples")
+    align.add_argument("input", help="the scored rows with human_keep on the reviewed ones (`argilla pull --scored`)")
+    align.add_argument("-o", "--output", required=True, help="every row with aligned_score and final_keep")
+    align.add_argument("--method", choices=["isotonic", "logistic"], default="isotonic",
+                       help="monotone calibration of the measure (default), or logistic on expected score and score")
+    align.add_argument("--by", choices=MEASURES[:2], help="the judge's measure (default: expected_score where "
+                       "present)")
+    align.add_argument("--min-score", type=float, help="the judge's keep threshold the report compares with "
+                       "(default: 3.8 by expected score, 4 by score)")
+    align.add_argument("--folds", type=int, default=5, help="cross-validation folds for the report (default 5)")
+    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--rejudge", action="store_true", help="put the pairs the reviewers overruled (with their "
+                       "notes) in the judge's prompt and judge the rows again through the store")
+    align.add_argument("--examples", type=int, default=6, help="--rejudge: the most reviewed examples (default 6)")
+    for flag, text in (("--template", "--rejudge: the judge template (default $BACKTRANS_TEMPLATE or humpback)"),
+                       ("--model", "--rejudge: model name (default: $BACKTRANS_MODEL)"),
+                       ("--base-url", "--rejudge: OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")):
+        align.add_argument(flag, help=text)
+    align.add_argument("--concurrency", type=int, default=16)
+    align.add_argument("--timeout", type=float, default=120.0)
+    align.add_argument("--reask", type=_count, metavar="N")
+    align.add_argument("--store", default=DEFAULT_STORE, help=f"run store (default {DEFAULT_STORE})")
+    align.add_argument("--json", metavar="REPORT", help="write the report here")
+
     export = sub.add_parser("export", help="write a scored or curated file in another format")
     export.add_argument("input")
     export.add_argument("-o", "--output", required=True)
@@ -265,6 +290,18 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    outcome = _session(args).align(
+        args.input, args.output, method=args.method, by=args.by, threshold=args.min_score, folds=args.folds,
+        seed=args.seed, rejudge=args.rejudge, examples=args.examples, template=args.template, model=args.model,
+        base_url=args.base_url, llm={"concurrency": args.concurrency, "timeout_s": args.timeout}, reask=args.reask,
+        report_path=args.json)
+    print(outcome.report.describe())
+    print(f"wrote {outcome.rows} rows to {args.output}: {outcome.aligned} with an aligned_score; final_keep "
+          f"{outcome.kept} (reviewers' decisions, else aligned_score >= 0.5)", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     count, fmt, url = _session(args).export(args.input, args.output, args.format, args.min_score, args.by,
                                             args.system_tag, args.push_to_hub)
@@ -369,6 +406,7 @@ COMMANDS = {
     "augment": cmd_llm_task,
     "curate": cmd_curate,
     "review": cmd_review,
+    "align": cmd_align,
     "export": cmd_export,
     "runs": cmd_runs,
     "local": cmd_local,

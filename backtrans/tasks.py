@@ -65,12 +65,16 @@ class PromptTask:
     def skip(self, row: dict) -> dict | None:
         return None
 
+    def prompt(self, row: dict) -> str:
+        """The user message for a row."""
+        return self.template.render(**self.prompt_values(row))
+
     async def call(self, client: LLMClient, row: dict, reask: bool = False) -> Completion:
         """One chat call. `reask`: the same prompt again after a reply that did not parse."""
         params = self.params
         if reask and not params["temperature"]:
             params = {**params, "temperature": REASK_TEMPERATURE}
-        return await client.chat(self.template.render(**self.prompt_values(row)), **params)
+        return await client.chat(self.prompt(row), **params)
 
     def parse(self, row: dict, completion: Completion) -> dict:
         outputs, error = self.read(row, completion)
