@@ -36,7 +36,10 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--rpm", type=float, help="requests per minute limit")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    parser.add_argument("--max-retries", type=int, default=6)
+    parser.add_argument("--max-retries", type=int, default=6, help="transport retries per request (default 6)")
+    parser.add_argument("--reask", type=_count, metavar="N", help="ask the same prompt up to N more times when a "
+                        "reply has no usable answer (a judge's reply with no score); every reply is kept in the "
+                        "store (default: the template's `reask` setting, else 1; 0 turns it off)")
     parser.add_argument("--map", action="append", default=[], metavar="SOURCE=TARGET",
                         help="column mapping, e.g. --map prompt=instruction (repeatable)")
     parser.add_argument("--config", dest="hf_config", help="Hub dataset config")
@@ -62,6 +65,16 @@ def _llm_options(parser: argparse.ArgumentParser, template_default: str) -> None
                         "run_batch) for the rows not in the store yet, and stop")
     parser.add_argument("--batch-results", metavar="PATH", help="ingest a Batch API results file (vLLM's "
                         "run_batch output) instead of calling the model")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return value
 
 
 def _threshold_options(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -117,6 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--target-precision", type=float, help="choose the threshold that keeps the most pairs "
                           "while the precision's lower bound meets this")
     estimate.add_argument("--json", metavar="REPORT", help="write the chosen (or given) threshold's report here")
+
+    align = sub.add_parser("align", help="align the judge with its reviewers: calibrate it on their decisions "
+                           "(aligned_score); with --rejudge, also judge again with their overrulings as examples")
+    align.add_argument("input", help="the scored rows with human_keep on the reviewed ones (`argilla pull --scored`)")
+    align.add_argument("-o", "--output", required=True, help="every row with aligned_score and final_keep")
+    align.add_argument("--method", choices=["isotonic", "logistic"], default="isotonic",
+                       help="monotone calibration of the measure (default), or logistic on expected score and score")
+    align.add_argument("--by", choices=MEASURES[:2], help="the judge's measure (default: expected_score where "
+                       "present)")
+    align.add_argument("--min-score", type=float, help="the judge's keep threshold the report compares with "
+                       "(default: 3.8 by expected score, 4 by score)")
+    align.add_argument("--folds", type=int, default=5, help="cross-validation folds for the report (default 5)")
+    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--rejudge", action="store_true", help="put the pairs the reviewers overruled (with their "
+                       "notes) in the judge's prompt and judge the rows again through the store")
+    align.add_argument("--examples", type=int, default=6, help="--rejudge: the most reviewed examples (default 6)")
+    for flag, text in (("--template", "--rejudge: the judge template (default $BACKTRANS_TEMPLATE or humpback)"),
+                       ("--model", "--rejudge: model name (default: $BACKTRANS_MODEL)"),
+                       ("--base-url", "--rejudge: OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")):
+        align.add_argument(flag, help=text)
+    align.add_argument("--concurrency", type=int, default=16)
+    align.add_argument("--timeout", type=float, default=120.0)
+    align.add_argument("--reask", type=_count, metavar="N")
+    align.add_argument("--store", default=DEFAULT_STORE, help=f"run store (default {DEFAULT_STORE})")
+    align.add_argument("--json", metavar="REPORT", help="write the report here")
 
     export = sub.add_parser("export", help="write a scored or curated file in another format")
     export.add_argument("input")
@@ -185,6 +223,7 @@ def cmd_llm_task(args: argparse.Namespace) -> int:
            "max_retries": args.max_retries, "hedge": False if args.no_hedge else None}
     prepared = _session(args).prepare(
         KINDS[args.command], resume=args.resume, llm=llm, drop_duplicates=args.drop_duplicates, augment=augment,
+        reask=args.reask,
         source=args.input, output=args.output, template=args.template, model=args.model, base_url=args.base_url,
         mapping=parse_mapping(args.map), hf_config=args.hf_config, split=args.split, parent_run_id=args.parent)
     engine = Engine(args.engine, args.ray_address, args.batch, args.batch_poll, args.batch_file, args.batch_results,
@@ -253,6 +292,18 @@ def cmd_review(args: argparse.Namespace) -> int:
         kappa = agreement.kappa
         print(f"reviewers agree on {agreement.agreement:.0%} of {agreement.items} pairs both reviewed; Cohen's kappa "
               f"{kappa.estimate:.2f} (95% interval {kappa.low:.2f}-{kappa.high:.2f})")
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    outcome = _session(args).align(
+        args.input, args.output, method=args.method, by=args.by, threshold=args.min_score, folds=args.folds,
+        seed=args.seed, rejudge=args.rejudge, examples=args.examples, template=args.template, model=args.model,
+        base_url=args.base_url, llm={"concurrency": args.concurrency, "timeout_s": args.timeout}, reask=args.reask,
+        report_path=args.json)
+    print(outcome.report.describe())
+    print(f"wrote {outcome.rows} rows to {args.output}: {outcome.aligned} with an aligned_score; final_keep "
+          f"{outcome.kept} (reviewers' decisions, else aligned_score >= 0.5)", file=sys.stderr)
     return 0
 
 
@@ -402,6 +453,7 @@ COMMANDS = {
     "augment": cmd_llm_task,
     "curate": cmd_curate,
     "review": cmd_review,
+    "align": cmd_align,
     "export": cmd_export,
     "runs": cmd_runs,
     "local": cmd_local,

@@ -16,7 +16,10 @@ from typing import Any
 
 from backtrans.records import missing
 
-MEASURES = ("score", "expected_score")
+MEASURES = ("score", "expected_score", "aligned_score")
+# `aligned_score` (backtrans.align): the probability that a reviewer keeps the pair, fitted on the reviewers' own
+# decisions; more likely kept than not is the keep.
+ALIGNED_THRESHOLD = 0.5
 # The paper's curation sets on its 1-5 scale: A4 keeps score >= 4, A5 keeps score 5.
 PAPER_LEVELS = {"A4": 4, "A5": 5}
 # Where no template says otherwise (a scored file, a push from the CLI): the paper's A4, by the parsed score.
@@ -50,7 +53,9 @@ def measure_in(frame: Any, by: str | None = None) -> str:
                     and pd.to_numeric(frame["expected_score"], errors="coerce").notna().any())
     if by is None:
         return "expected_score" if has_expected else "score"
-    return "expected_score" if check_measure(by) == "expected_score" and has_expected else "score"
+    if check_measure(by) == "aligned_score" and "aligned_score" in frame:
+        return "aligned_score"
+    return "expected_score" if by == "expected_score" and has_expected else "score"
 
 
 def paper_levels(scores: Any) -> dict[str, int]:
@@ -69,7 +74,10 @@ def check_measure(by: str) -> str:
 
 
 def judge_measure(row: Mapping[str, Any], by: str = "score") -> float | None:
-    value = row.get("expected_score") if check_measure(by) == "expected_score" else None
+    if check_measure(by) == "aligned_score":  # a probability: the 1-5 score is no stand-in for it
+        value = row.get("aligned_score")
+        return None if missing(value) else float(value)
+    value = row.get("expected_score") if by == "expected_score" else None
     if missing(value):
         value = row.get("score")
     return None if missing(value) else float(value)
@@ -111,6 +119,9 @@ def decide_frame(frame, threshold: float, by: str = "score", overrides: Mapping[
     measure = frame["score"]
     if check_measure(by) == "expected_score" and "expected_score" in frame:
         measure = frame["expected_score"].fillna(frame["score"])
+    elif by == "aligned_score":
+        measure = (pd.to_numeric(frame["aligned_score"], errors="coerce") if "aligned_score" in frame
+                   else pd.Series(float("nan"), index=frame.index))
     judge = measure.fillna(-math.inf) >= threshold
     decided = pd.Series(pd.NA, index=frame.index, dtype="object")
     decided_by = pd.Series("judge", index=frame.index, dtype="object")

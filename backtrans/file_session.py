@@ -163,6 +163,14 @@ class CurateOutcome:
 
 
 @dataclass
+class AlignOutcome:
+    report: object  # align.AlignmentReport
+    rows: int
+    kept: int  # final_keep after aligning: the reviewers' decisions, else aligned_score >= 0.5
+    aligned: int  # rows with an aligned_score
+
+
+@dataclass
 class PullOutcome:
     summary: str
     report: dict
@@ -177,11 +185,13 @@ class FileSession:
     # --- LLM jobs -----------------------------------------------------------------------------------------
 
     def prepare(self, kind: str, *, resume: str | None = None, llm: dict | None = None,
-                drop_duplicates: bool = False, augment: AugmentOptions | None = None,
+                drop_duplicates: bool = False, augment: AugmentOptions | None = None, reask: int | None = None,
                 **given: object) -> PreparedJob:
         """A judge, generate or augment job. `given`: the RunConfig settings the user stated (source, output,
         template, model, base_url, mapping, hf_config, split, parent_run_id); with `resume`, the stored run's
-        settings fill in the rest and every stated one wins. `llm`: LLMSettings overrides (concurrency, ...)."""
+        settings fill in the rest and every stated one wins. `llm`: LLMSettings overrides (concurrency, ...).
+        `reask`: asks after a reply with no usable answer (None: the template's `reask`, default 1). Like the
+        retries it is how a run asks, not what it asks, so it is not part of the run's settings or cache key."""
         config = self._settings(kind, resume, given)
         settings = LLMSettings.from_env(model=config.model or None, base_url=config.base_url or None, **(llm or {}))
         template = load_template(config.template)
@@ -215,6 +225,8 @@ class FileSession:
                 return candidate_rows(source, filters, report, config=config.hf_config, split=config.split,
                                       mapping=config.mapping)
 
+        if reask is not None:
+            task.reask = reask
         job = FileJob(source=source, output=str(Path(str(config.output)).resolve()), task=task,
                       store_path=self.store_path, mapping=config.mapping, required=required, optional=optional,
                       config=config.hf_config, split=config.split, drop_duplicates=drop_duplicates,
@@ -339,6 +351,89 @@ class FileSession:
         if report_path and reports:
             Path(report_path).write_text(json.dumps(reports[-1].to_json(), indent=2), encoding="utf-8")
         return reports, review.reviewer_agreement(frame)
+
+    # --- aligning the judge with its reviewers ----------------------------------------------------------
+
+    def align(self, source: str, output: str, *, method: str = "isotonic", by: str | None = None,
+              threshold: float | None = None, folds: int = 5, seed: int = 0, rejudge: bool = False,
+              examples: int = 6, template: str | None = None, model: str | None = None,
+              base_url: str | None = None, llm: dict | None = None, reask: int | None = None,
+              report_path: str | None = None) -> AlignOutcome:
+        """Calibrate the judge on the reviewed rows of `source` (human_keep) and write every row with
+        `aligned_score`. With `rejudge`, the pairs the reviewers overruled also become examples in the judge's
+        prompt and the rows are judged again through the run store (a rerun costs nothing); the report's `cost`
+        says what it took. Too few reviews: FileSessionError, with the counts."""
+        import time
+
+        import pandas as pd
+
+        from backtrans import align
+        from backtrans.decisions import EXPECTED_SCORE_SHARE, measure_in
+
+        rows = [located.row for located in iter_rows(source)]
+        by = measure_in(pd.DataFrame(rows), by) if rows else (by or "score")
+        judge_template = load_template(template or default_template())
+        if threshold is None:
+            low, high = judge_template.score_min, judge_template.score_max
+            threshold = (round(low + EXPECTED_SCORE_SHARE * (high - low), 1) if by == "expected_score"
+                         else float(high - 1))
+        cost = None
+        judge = None
+        if rejudge:
+            settings = LLMSettings.from_env(model=model or None, base_url=base_url or None, **(llm or {}))
+            cost = {"calls": 0, "tokens": 0, "cached": 0, "rows": 0, "seconds": 0.0}
+            judge = self._store_judge(judge_template, settings, reask, source, output, cost)
+        started = time.monotonic()
+        try:
+            aligned, report = align.align_rows(rows, threshold, method=method, by=by, folds=folds, seed=seed,
+                                               judge=judge, examples=examples)
+        except align.AlignError as exc:
+            raise FileSessionError(f"{source}: {exc}") from None
+        if cost is not None:
+            cost["seconds"] = round(time.monotonic() - started, 1)
+            report.cost = cost
+        with RowWriter(output) as writer:
+            for row in aligned:
+                writer.write(row)
+        if report_path:
+            Path(report_path).write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+        return AlignOutcome(report, len(aligned), sum(bool(row["final_keep"]) for row in aligned),
+                            sum(row["aligned_score"] is not None for row in aligned))
+
+    def _store_judge(self, template, settings: LLMSettings, reask: int | None, source: str, output: str,
+                     cost: dict) -> Callable[[list[dict], list[dict]], list[dict]]:
+        """judge(examples, rows): the rows through a JudgeTask with those examples, in this session's run store,
+        one run per set of examples, counting what the calls cost in `cost`."""
+        from backtrans.judge import JudgeTask
+        from backtrans.runner import run_loop, run_rows
+
+        def judge(examples: list[dict], rows: list[dict]) -> list[dict]:
+            task = JudgeTask(template, settings, reask=reask, examples=examples)
+            pairs = [{"instruction": str(row["instruction"]), "generation": str(row.get("generation") or "")}
+                     for row in rows]
+
+            async def go() -> tuple[list[dict], Progress]:
+                client = LLMClient(settings)
+                store = RunStore(self.store_path)
+                try:
+                    config = RunConfig.for_task(task, source=source, output=f"{output} (aligned judge)")
+                    run_id = store.resume_or_start(task.kind, config)
+                    progress = Progress(total=len(pairs))
+                    results = [result async for _, result in run_rows(pairs, task, client, store, run_id, progress)]
+                    store.finish_run(run_id)
+                    return results, progress
+                finally:
+                    store.close()
+                    await client.close()
+
+            results, progress = run_loop(go())
+            cost["rows"] += progress.done
+            cost["cached"] += progress.cached
+            cost["calls"] += progress.done - progress.cached + progress.reasks
+            cost["tokens"] += progress.tokens
+            return results
+
+        return judge
 
     # --- Argilla ------------------------------------------------------------------------------------------
 

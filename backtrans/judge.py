@@ -12,8 +12,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from backtrans.llm import Completion
+from backtrans.llm import Completion, LLMSettings
 from backtrans.tasks import PromptTask
+from backtrans.templates import Template
 
 # "Score: 4", "**Score:** **4**", "score - 4/5", "Rating: 4 out of 5", "Score (1-5): 4", "the rating is 4"
 _SCORE_STATEMENT = re.compile(
@@ -126,15 +127,49 @@ def tidy_reason(reason: str, cut_off: bool) -> str:
 RESULT_COLUMNS = ("score", "reason", "model_name", "expected_score", "raw_output", "status", "error")
 
 
+def examples_prefix(examples: list[dict]) -> str:
+    """Reviewed pairs as a block of examples ahead of the template's own text: the same block for every row, so a
+    server's prompt cache (llama.cpp's `cache_prompt`) reads it once. Each example is {instruction, generation,
+    keep, note}; the note is the reviewer's, where one was given."""
+    if not examples:
+        return ""
+    lines = ["Reviewers of this data set decided these pairs themselves. Judge the new pair the way they would.", ""]
+    for number, example in enumerate(examples, start=1):
+        verdict = "KEPT (a good example of an AI Assistant's reply)" if example["keep"] else \
+            "DISCARDED (not a good example of an AI Assistant's reply)"
+        lines += [f"## Reviewed example {number}", "### Instruction", str(example["instruction"]).strip(),
+                  "### Answer", str(example["generation"]).strip(), f"### Reviewers: {verdict}"]
+        if str(example.get("note") or "").strip():
+            lines.append(f"Reviewer's note: {str(example['note']).strip()}")
+        lines.append("")
+    lines += ["## The new pair", ""]
+    return "\n".join(lines)
+
+
 class JudgeTask(PromptTask):
-    """Render the judge template for a pair, ask the model, parse its verdict."""
+    """Render the judge template for a pair, ask the model, parse its verdict.
+
+    `examples`: reviewed pairs (backtrans.align) put ahead of the template as one fixed block; they are part of the
+    cache key, so a judge with other examples asks again while a rerun with the same ones costs nothing."""
 
     kind = "judge"
     output_columns = RESULT_COLUMNS
     model_column = "model_name"
 
-    def key_fields(self, row: dict) -> tuple[str, str]:
-        return row["instruction"], row["generation"]
+    def __init__(self, template: Template, settings: LLMSettings, *, reask: int | None = None,
+                 examples: list[dict] | None = None):
+        super().__init__(template, settings, reask=reask)
+        # None, not [], without examples: a run's recorded settings (RunConfig.seeds) stay what they were.
+        self.examples = list(examples) if examples else None
+        self.prefix = examples_prefix(self.examples or [])
+
+    def key_fields(self, row: dict) -> tuple[str, ...]:
+        if self.prefix:
+            return row["instruction"], row["generation"], self.prefix
+        return row["instruction"], row["generation"]  # as before examples existed: stored rows stay found
+
+    def prompt(self, row: dict) -> str:
+        return self.prefix + super().prompt(row)
 
     def parse(self, row: dict, completion: Completion) -> dict:
         lo, hi = self.template.score_min, self.template.score_max

@@ -30,6 +30,7 @@ from backtrans.records import missing
 
 Z95 = 1.959963984540054
 EXPECTED_BAND = 0.5  # width of an expected-score band
+ALIGNED_BAND = 0.1  # ... and of an aligned-score (probability) band
 
 
 # --- the measure and its bands ------------------------------------------------------------------------------
@@ -48,6 +49,9 @@ def measure_of(frame: pd.DataFrame, by: str | None = None) -> str:
 def _values(frame: pd.DataFrame, by: str) -> pd.Series:
     """The measure per row; where a row lacks an expected score, its score stands in (as the keep rule does)."""
     score = pd.to_numeric(frame.get("score", pd.Series(index=frame.index, dtype=float)), errors="coerce")
+    if by == "aligned_score":  # a probability, with no score to stand in for it
+        return pd.to_numeric(frame.get("aligned_score", pd.Series(index=frame.index, dtype=float)),
+                             errors="coerce").astype(float)
     if by == "expected_score":
         return pd.to_numeric(frame["expected_score"], errors="coerce").fillna(score).astype(float)
     return score.astype(float)
@@ -58,8 +62,11 @@ def band_of(value: float, by: str) -> str:
         return "unscored"
     if by == "score":
         return f"score {int(value)}"
-    low = math.floor(value / EXPECTED_BAND) * EXPECTED_BAND
-    return f"{low:.1f}-{low + EXPECTED_BAND:.1f}"
+    width = ALIGNED_BAND if by == "aligned_score" else EXPECTED_BAND
+    low = math.floor(round(value / width, 9)) * width
+    if by == "aligned_score":
+        low = min(low, 1 - width)  # a probability of 1 sits in the top band
+    return f"{low:.1f}-{low + width:.1f}"
 
 
 def _band_low(band: str) -> float:

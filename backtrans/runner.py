@@ -37,7 +37,8 @@ class Task(Protocol):
     def skip(self, row: dict) -> dict | None:
         """A result for a row that needs no call (say, one that already has a response), else None."""
 
-    async def call(self, client: LLMClient, row: dict) -> Completion: ...
+    async def call(self, client: LLMClient, row: dict, reask: bool = False) -> Completion:
+        """`reask`: the same prompt again after a reply that did not parse (a task's `reask` says how often)."""
 
     def parse(self, row: dict, completion: Completion) -> dict: ...
 
@@ -65,11 +66,15 @@ class Progress:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     hedged: int = 0  # rows whose duplicate request answered first
+    reasks: int = 0  # asks after a reply with no usable answer (not transport retries: those are the client's)
+    reask_ok: int = 0  # rows that parsed only on a re-ask
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None  # set by the runner when the last row is out
 
-    def count(self, result: dict, cached: bool, completion: Completion | None) -> None:
+    def count(self, result: dict, cached: bool, completion: Completion | None, reasks: int = 0) -> None:
         self.done += 1
+        self.reasks += reasks
+        self.reask_ok += bool(reasks) and result.get("status") == "ok"
         self.cached += cached
         status = result.get("status", "ok")
         setattr(self, status, getattr(self, status, 0) + 1)
@@ -103,14 +108,17 @@ class Progress:
         return (
             f"{self.done} rows in {self.elapsed:.1f}s: {self.ok} ok, {self.parse_error} parse_error, "
             f"{self.llm_error} llm_error; {self.cached} from the store; {self.tokens:,} tokens; "
-            f"{self.rate:.1f} rows/s"
+            f"{self.rate:.1f} rows/s; {self.reask_line()}"
         )
+
+    def reask_line(self) -> str:
+        return f"re-asked {self.reasks} times after a reply with no score ({self.reask_ok} rows parsed on a re-ask)"
 
     def done_line(self) -> str:
         """The final line: "Done: N rows in T (R rows/s): ..."."""
         return (f"Done: {self.done} rows in {_duration(self.elapsed)} ({self.rate:.1f} rows/s): {self.ok} ok, "
                 f"{self.parse_error} parse_error, {self.llm_error} llm_error; {self.cached} from the store; "
-                f"{self.tokens:,} tokens")
+                f"{self.tokens:,} tokens; {self.reasks} re-asks")
 
 
 class _GroupCommit:
@@ -159,35 +167,101 @@ class _GroupCommit:
                 waiter.set_result(None)
 
 
+def _call_log(completion: Completion, result: dict, ask: int, error_column: str) -> dict:
+    """One ask's line in the store's call log: its own reply, status and error, apart from the row's result."""
+    return {
+        "model": completion.model,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "latency_s": completion.latency_s,
+        "attempts": completion.attempts,  # transport attempts (retries) of this one ask
+        "ask": ask,
+        "status": result["status"],
+        "raw_output": completion.text,
+        "error": result.get(error_column) or None,
+    }
+
+
+def _added(total: Completion | None, more: Completion) -> Completion:
+    """The token counts and time of several asks of one row, for the run's progress."""
+    if total is None:
+        return more
+    return Completion(text=more.text, prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+                      completion_tokens=total.completion_tokens + more.completion_tokens,
+                      latency_s=total.latency_s + more.latency_s, attempts=total.attempts + more.attempts,
+                      model=more.model, hedged=total.hedged or more.hedged)
+
+
+def asks_allowed(task: Task) -> int:
+    """The first ask and the re-asks the task allows (tasks without a `reask` setting: one ask)."""
+    return 1 + max(0, int(getattr(task, "reask", 0) or 0))
+
+
+def asks_of(result: dict) -> int:
+    """How many times a stored result's prompt was asked (results stored before re-asks existed: once)."""
+    return int(result.get("asks") or 1)
+
+
+@dataclass
+class Asked:
+    result: dict
+    calls: list[dict]  # one call-log line per ask made now
+    usage: Completion | None  # the tokens and time of the asks made now
+    reasks: int = 0  # asks after the first made now
+
+
+async def _ask(task: Task, client: LLMClient, row: dict, earlier: dict | None) -> Asked:
+    """Ask until a reply parses or the task's asks are used up, keeping every reply.
+
+    `earlier`: a stored parse_error from a run that allowed fewer asks; its replies are kept and only the asks it
+    lacks are made. An ask that fails in transport ends the asking: with no reply at all the row is an llm_error
+    (retried on a rerun); after an unparsable reply it stays that parse_error, with its replies.
+    """
+    error_column = getattr(task, "error_column", "error")
+    replies = list(earlier.get("raw_outputs") or [earlier.get("raw_output")]) if earlier else []
+    asked = Asked(earlier, [], None)
+    for ask in range(len(replies) + 1, asks_allowed(task) + 1):
+        try:
+            completion = await (task.call(client, row, reask=True) if ask > 1 else task.call(client, row))
+        except LLMError as exc:
+            asked.calls.append({"model": client.settings.model, "attempts": exc.attempts, "ask": ask,
+                                "status": "llm_error", "error": str(exc)})
+            if asked.result is None:
+                asked.result = task.failure(row, str(exc))
+            break
+        result = task.parse(row, completion)
+        asked.calls.append(_call_log(completion, result, ask, error_column))
+        asked.usage = _added(asked.usage, completion)
+        asked.reasks += ask > 1
+        replies.append(completion.text)
+        asked.result = {**result, "asks": len(replies), "raw_outputs": replies}
+        if result["status"] != "parse_error":
+            break
+        if len(replies) > 1:
+            note = f"{result[error_column]} (asked {len(replies)} times; every reply is in the run store)"
+            asked.result[error_column] = note
+    return asked
+
+
 async def _process(task: Task, client: LLMClient, store: RunStore, run_id: str, row: dict,
-                   commit: _GroupCommit | None = None):
+                   commit: _GroupCommit | None = None) -> tuple[dict, bool, Completion | None, int]:
+    """(result, whether it came from the store, the tokens of the calls made, re-asks made)."""
     given = task.skip(row)
     if given is not None:
-        return given, True, None
+        return given, True, None, 0
     key = task.key(row)
     cached = store.get(key)
-    if cached is not None:
+    # A stored parse_error asked fewer times than this task allows gets its missing asks; nothing else that is
+    # stored is asked again: an ok row never is, whatever the re-ask setting says now.
+    if cached is not None and not (cached.get("status") == "parse_error" and asks_of(cached) < asks_allowed(task)):
         store.link(run_id, key)
-        return cached, True, None
-    completion = None
-    try:
-        completion = await task.call(client, row)
-        result = task.parse(row, completion)
-        call = {
-            "model": completion.model,
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "latency_s": completion.latency_s,
-            "attempts": completion.attempts,
-        }
-    except LLMError as exc:
-        result = task.failure(row, str(exc))
-        call = {"model": client.settings.model, "attempts": exc.attempts}
+        return cached, True, None, 0
+    asked = await _ask(task, client, row, cached)
     if commit is not None:
-        await commit.record(key, result, call)
+        await commit.record(key, asked.result, asked.calls)
     else:
-        store.record(run_id, key, result, call)
-    return result, False, completion
+        store.record(run_id, key, asked.result, asked.calls)
+    return asked.result, False, asked.usage, asked.reasks
 
 
 def run_loop(coroutine):
@@ -211,9 +285,7 @@ def run_one(task: Task, row: dict) -> dict:
     async def go() -> dict:
         client = LLMClient(task.settings)
         try:
-            return task.parse(row, await task.call(client, row))
-        except LLMError as exc:
-            return task.failure(row, str(exc))
+            return (await _ask(task, client, row, None)).result
         finally:
             await client.close()
 
@@ -294,8 +366,8 @@ async def run_rows(
             while finished:
                 future = finished.popleft()
                 index, row = running.pop(future)
-                result, cached, completion = future.result()
-                progress.count(result, cached, completion)
+                result, cached, completion, reasks = future.result()
+                progress.count(result, cached, completion, reasks)
                 completed += 1
                 if index == next_out:
                     next_out += 1

@@ -64,6 +64,8 @@ MIGRATIONS = (
     "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
     "CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, created)",
     "CREATE INDEX IF NOT EXISTS calls_created ON calls(created)",
+    # 3: which ask of its row a call was (1, then re-asks after a reply with no score); NULL before re-asks existed.
+    "ALTER TABLE calls ADD COLUMN ask INTEGER",
 )
 
 CACHEABLE = ("ok", "parse_error")
@@ -209,57 +211,43 @@ class RunStore:
         row = self.db.execute("SELECT result FROM results WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def record(self, run_id: str, key: str, result: dict, call: dict | None) -> None:
-        """Log the call and, when the row is finished, cache its result, in one transaction."""
-        now = time.time()
-        with self.db:
-            self.db.execute("BEGIN")
-            if call is not None:
-                self.db.execute(
-                    "INSERT INTO calls(run_id, key, model, status, raw_output, prompt_tokens, completion_tokens,"
-                    " latency_s, attempts, error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        run_id,
-                        key,
-                        call.get("model"),
-                        result["status"],
-                        result.get("raw_output"),
-                        call.get("prompt_tokens", 0),
-                        call.get("completion_tokens", 0),
-                        call.get("latency_s", 0.0),
-                        call.get("attempts", 1),
-                        result.get("error") or None,
-                        now,
-                    ),
-                )
-            if result["status"] in CACHEABLE:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO results(key, run_id, status, result, created) VALUES (?,?,?,?,?)",
-                    (key, run_id, result["status"], json.dumps(result, ensure_ascii=False), now),
-                )
-                self.db.execute("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)", (run_id, key))
+    def record(self, run_id: str, key: str, result: dict, call: dict | list[dict] | None) -> None:
+        """Log the call(s) and, when the row is finished, cache its result, in one transaction."""
+        self.record_many(run_id, [(key, result, call)])
 
-    def record_many(self, run_id: str, items: list[tuple[str, dict, dict | None]]) -> None:
-        """`record` for several rows (key, result, call) in one transaction: a group commit."""
+    def record_many(self, run_id: str, items: list[tuple[str, dict, dict | list[dict] | None]]) -> None:
+        """`record` for several rows (key, result, call) in one transaction: a group commit.
+
+        `call`: one call-log line, or a list of them (one per ask of the row, each with its own reply, status and
+        error); a line without those fields takes the row's result's."""
         now = time.time()
         calls = [
-            (run_id, key, call.get("model"), result["status"], result.get("raw_output"),
-             call.get("prompt_tokens", 0), call.get("completion_tokens", 0), call.get("latency_s", 0.0),
-             call.get("attempts", 1), result.get("error") or None, now)
-            for key, result, call in items if call is not None
+            (run_id, key, call.get("model"), call.get("status", result["status"]),
+             call.get("raw_output", result.get("raw_output")), call.get("prompt_tokens", 0),
+             call.get("completion_tokens", 0), call.get("latency_s", 0.0), call.get("attempts", 1),
+             (call.get("error") if "error" in call else result.get("error")) or None, call.get("ask"), now)
+            for key, result, logged in items if logged is not None
+            for call in (logged if isinstance(logged, list) else [logged])
         ]
         finished = [(key, result) for key, result, _ in items if result["status"] in CACHEABLE]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "INSERT INTO calls(run_id, key, model, status, raw_output, prompt_tokens, completion_tokens,"
-                " latency_s, attempts, error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)", calls)
+                " latency_s, attempts, error, ask, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", calls)
             self.db.executemany(
                 "INSERT OR REPLACE INTO results(key, run_id, status, result, created) VALUES (?,?,?,?,?)",
                 [(key, run_id, result["status"], json.dumps(result, ensure_ascii=False), now)
                  for key, result in finished])
             self.db.executemany("INSERT OR IGNORE INTO run_rows(run_id, key) VALUES (?,?)",
                                 [(run_id, key) for key, _ in finished])
+
+    def replies(self, key: str) -> list[dict]:
+        """Every call logged for a row, oldest first: each ask's reply, status, error and transport attempts."""
+        query = ("SELECT run_id, ask, status, raw_output, error, attempts, created FROM calls WHERE key=?"
+                 " ORDER BY id")
+        names = ("run_id", "ask", "status", "raw_output", "error", "attempts", "created")
+        return [dict(zip(names, row, strict=True)) for row in self.db.execute(query, (key,))]
 
     def link(self, run_id: str, key: str) -> None:
         """A cached result that also belongs to this run (for the run's own summary)."""

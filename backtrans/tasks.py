@@ -7,6 +7,11 @@ task's own for rows that need no call) and an error text. A task names its own s
 generated response keeps `generation_status` next to the judge's `status`. A subclass says what goes
 into the cache key (`key_fields`), what the template sees (`prompt_values`) and how a reply becomes its
 output columns (`read`); the base does the rest, and satisfies runner.Task.
+
+A reply with no usable answer (a `parse_error`: a judge's reply with no score) is asked again, up to `reask`
+more times (the template's `reask` setting, default 1, unless the caller says otherwise), with the same prompt.
+The runner does the asking and keeps every reply; the task only says how many asks it allows and how one is
+sent.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from backtrans.llm import Completion, LLMClient, LLMSettings
 from backtrans.store import content_key
 from backtrans.templates import Template
 
+# A re-ask of a template that decodes greedily (temperature 0) samples at this temperature instead: on a
+# deterministic server the same prompt at temperature 0 only returns the same unparsable reply again.
+REASK_TEMPERATURE = 0.7
+
 
 class PromptTask:
     kind: str = ""
@@ -25,10 +34,14 @@ class PromptTask:
     error_column: str = "error"
     model_column: str | None = None
 
-    def __init__(self, template: Template, settings: LLMSettings):
+    def __init__(self, template: Template, settings: LLMSettings, *, reask: int | None = None):
+        """`reask`: how many more times a reply with no usable answer is asked again (None: the template's)."""
         self.template = template.require_kind(self.kind)
         self.settings = settings
         self.params = template.generation_params()
+        self.reask = template.reask if reask is None else reask
+        if self.reask < 0:
+            raise ValueError(f"reask must be 0 or more, got {self.reask}")
 
     # --- what a subclass says ---------------------------------------------------------------------------
 
@@ -52,8 +65,16 @@ class PromptTask:
     def skip(self, row: dict) -> dict | None:
         return None
 
-    async def call(self, client: LLMClient, row: dict) -> Completion:
-        return await client.chat(self.template.render(**self.prompt_values(row)), **self.params)
+    def prompt(self, row: dict) -> str:
+        """The user message for a row."""
+        return self.template.render(**self.prompt_values(row))
+
+    async def call(self, client: LLMClient, row: dict, reask: bool = False) -> Completion:
+        """One chat call. `reask`: the same prompt again after a reply that did not parse."""
+        params = self.params
+        if reask and not params["temperature"]:
+            params = {**params, "temperature": REASK_TEMPERATURE}
+        return await client.chat(self.prompt(row), **params)
 
     def parse(self, row: dict, completion: Completion) -> dict:
         outputs, error = self.read(row, completion)

@@ -1,7 +1,7 @@
 """Prompt templates: finding, reading and rendering `prompts/*.jinja2` in a Jinja2 sandbox.
 
 A template is a Jinja2 file whose first block is a comment holding `key: value` settings
-(name, kind, score_range, max_tokens, temperature, prefill, logprobs, output, description), each read
+(name, kind, score_range, max_tokens, temperature, prefill, logprobs, reask, output, description), each read
 with its type; an unknown key or a bad value is refused with file:line:column. The rest renders to
 the user message. Dataset text and user templates are untrusted, so rendering always runs in an
 immutable sandbox with undefined names as errors.
@@ -64,6 +64,7 @@ class Template:
     temperature: float = 0.0
     prefill: str = ""
     logprobs: bool = False
+    reask: int = 1  # asks more of the same prompt when a reply has no usable answer (no score)
     output: str = "generation"
     description: str = ""
     variables: tuple[str, ...] = field(default=())
@@ -152,6 +153,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"expected a whole number of 0 or more, got {value!r}")
+    return number
+
+
 def _temperature(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 2:
@@ -168,6 +176,7 @@ HEADER_KEYS: dict[str, object] = {
     "max_tokens": _positive_int,
     "temperature": _temperature,
     "logprobs": _boolean,
+    "reask": _count,
     "output": str,
 }
 _SETTING = re.compile(r"^(\s*)([A-Za-z_][\w-]*)\s*:(\s*)(.*?)\s*$")
@@ -238,6 +247,7 @@ def parse_template(text: str, name: str, path: str = "") -> Template:
         temperature=float(settings.get("temperature", 0.0)),  # type: ignore[arg-type]
         prefill=str(settings.get("prefill", "")),
         logprobs=bool(settings.get("logprobs", False)),
+        reask=int(settings.get("reask", 1)),  # type: ignore[arg-type]
         output=str(settings.get("output", "generation")),
         description=str(settings.get("description", "")),
         variables=variables,

@@ -3,6 +3,7 @@
     .venv/bin/python bench/hedging.py tail      # 2000 pairs, 0.25 s latency, 2% of requests 5 s slower, c = 64
     .venv/bin/python bench/hedging.py soak      # the fault mix at default settings (timeout 120 s)
     .venv/bin/python bench/hedging.py buffer    # memory: 50,000 rows pass a first row that takes 40 s
+    .venv/bin/python bench/hedging.py reask     # the soak with hedging, --reask 0 against the default (1)
     .venv/bin/python bench/hedging.py tail soak --markdown bench/out/hedging.md
 
 Every run is the whole `python -m backtrans score ...` command against tests/fakellm.py in its own process, from
@@ -43,7 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def one_run(pairs: Path, work: Path, server: FakeServer, concurrency: int, hedge: bool, name: str,
-            extra: tuple[str, ...] = ()) -> dict:
+            extra: tuple[str, ...] = (), label: str | None = None) -> dict:
     server.reset()
     store = work / f"{name}-{'hedge' if hedge else 'plain'}.sqlite"
     store.unlink(missing_ok=True)
@@ -57,7 +58,9 @@ def one_run(pairs: Path, work: Path, server: FakeServer, concurrency: int, hedge
     with sqlite3.connect(store) as db:
         latencies = [r[0] for r in db.execute("SELECT latency_s FROM calls WHERE status != 'llm_error'")]
     rows = [json.loads(line) for line in output.read_text().splitlines()]
+    reasks = re.search(r"re-asked (\d+) times", m.stderr)
     return {
+        "label": label, "reasks": int(reasks.group(1)) if reasks else 0,
         "hedge": hedge, "wall_s": m.wall_s, "processing_s": summary["secs"], "ok": summary["ok"],
         "parse_error": summary["parse"], "llm_error": summary["err"], "rows": len(rows),
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "max": max(latencies),
@@ -69,23 +72,26 @@ def one_run(pairs: Path, work: Path, server: FakeServer, concurrency: int, hedge
 
 
 def show(run: dict) -> str:
-    return (f"  {'hedging' if run['hedge'] else '--no-hedge':10} wall {run['wall_s']:6.1f}s | rows {run['rows']} "
+    name = run["label"] or ("hedging" if run["hedge"] else "--no-hedge")
+    return (f"  {name:10} wall {run['wall_s']:6.1f}s | rows {run['rows']} "
             f"({run['ok']} ok, {run['parse_error']} parse_error, {run['llm_error']} llm_error) | row latency p50 "
             f"{run['p50']:.2f}s p99 {run['p99']:.2f}s max {run['max']:.2f}s | requests {run['requests']} "
             f"(server {run['server_requests']}), retries {run['retries']}, hedges {run['hedges']} "
-            f"({run['hedge_share']:.1f}%, {run['hedge_wins']} won) | other load {run['other']:.2f}")
+            f"({run['hedge_share']:.1f}%, {run['hedge_wins']} won), re-asks {run['reasks']} | other load "
+            f"{run['other']:.2f}")
 
 
 def table(title: str, runs: list[dict]) -> list[str]:
     lines = [f"**{title}**", "",
              "| | wall s | rows (ok / parse_error / llm_error) | row latency p50 / p99 / max s | requests (server) "
-             "| retries | hedges (share, won) | other load |",
-             "|---|---:|---|---|---:|---:|---|---:|"]
+             "| retries | hedges (share, won) | re-asks | other load |",
+             "|---|---:|---|---|---:|---:|---|---:|---:|"]
     for r in runs:
-        lines.append(f"| {'hedging (default)' if r['hedge'] else '`--no-hedge`'} | {r['wall_s']:.1f} | {r['rows']} "
+        name = r["label"] or ("hedging (default)" if r["hedge"] else "`--no-hedge`")
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['rows']} "
                      f"({r['ok']} / {r['parse_error']} / {r['llm_error']}) | {r['p50']:.2f} / {r['p99']:.2f} / "
                      f"{r['max']:.2f} | {r['requests']} ({r['server_requests']}) | {r['retries']} | {r['hedges']} "
-                     f"({r['hedge_share']:.1f}%, {r['hedge_wins']}) | {r['other']:.2f} |")
+                     f"({r['hedge_share']:.1f}%, {r['hedge_wins']}) | {r['reasks']} | {r['other']:.2f} |")
     return lines + [""]
 
 
@@ -124,7 +130,7 @@ def buffer_runs(work: Path, n: int, head_s: float) -> list[str]:
 
 def main() -> int:
     parser = bench_parser(__doc__, "hedging", rows=2000, concurrency=64)
-    parser.add_argument("what", nargs="+", choices=["tail", "soak", "buffer"])
+    parser.add_argument("what", nargs="+", choices=["tail", "soak", "buffer", "reask"])
     parser.add_argument("--tail-rate", type=float, default=0.02)
     parser.add_argument("--tail", type=float, default=5.0, help="extra seconds for the slow requests")
     parser.add_argument("--hang", type=float, default=300.0, help="soak: how long a hung request hangs")
@@ -162,6 +168,21 @@ def main() -> int:
         lines += table(f"Fault soak: {args.rows} pairs, {args.latency} s latency, 25% 429s, 15% 500s, 5% hangs of "
                        f"{args.hang:g} s (past the 120 s timeout), 5% garbage; concurrency {args.concurrency}, "
                        "every other setting at its default", runs)
+    if "reask" in args.what:
+        print(f"reask: the soak ({args.rows} pairs, hangs {args.hang}s) with hedging, --reask 0 and the default 1")
+        server = FakeServer(args.latency, *SOAK_FAULTS, "--hang", str(args.hang))
+        try:
+            runs = []
+            for reask in ("0", "1"):
+                label = "`--reask 0`" if reask == "0" else "`--reask 1` (default)"
+                runs.append(one_run(pairs, work, server, args.concurrency, True, f"reask{reask}",
+                                    ("--reask", reask), label))
+                print(show(runs[-1]), flush=True)
+        finally:
+            server.stop()
+        lines += table(f"Re-ask under the fault soak: {args.rows} pairs, {args.latency} s latency, 25% 429s, 15% "
+                       f"500s, 5% hangs of {args.hang:g} s, 5% replies with no score; concurrency "
+                       f"{args.concurrency}, hedging, every other setting at its default", runs)
     if "buffer" in args.what:
         lines += buffer_runs(work, args.buffer_rows, args.head_s)
     print("\n" + "\n".join(lines))

@@ -9,7 +9,8 @@ the prompt, so runs are reproducible:
 Faults (429 with Retry-After, 500, hangs, garbage text) are drawn per request from a seeded RNG.
 A latency tail: `tail_rate` of the requests take `tail_s` longer (a heavy tail as real providers have).
 A prompt containing `[[hang=S]]` is answered only after S seconds, every time it is asked; one containing
-`[[same-line]]` is judged with its reason and score on one line.
+`[[same-line]]` is judged with its reason and score on one line; one containing `[[no-score=K]]` gets a reply with
+no score the first K times it is asked, and a scored one after that (a judge that parses on a re-ask).
 The OpenAI Batch API: POST /v1/files (multipart upload), GET /v1/files/ID/content, POST /v1/batches,
 GET /v1/batches/ID; a batch's requests go through the same chat logic (faults included) after
 `batch_delay_s`, and failed ones land in its error file.
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 _MARKER = re.compile(r"\[\[score=(\d+)\]\]")
 _HANG = re.compile(r"\[\[hang=([\d.]+)\]\]")
+_NO_SCORE = re.compile(r"\[\[no-score=(\d+)\]\]")
 
 
 @dataclass
@@ -70,6 +72,7 @@ class FakeLLM:
         self.connections = 0  # TCP connections accepted: a guard must refuse before connecting, not after
         self.statuses: Counter = Counter()
         self.prompts: Counter = Counter()
+        self.answered: Counter = Counter()
         self.api_keys: Counter = Counter()
         self.recent_prompts: deque[str] = deque(maxlen=1000)
         self.files: dict[str, dict] = {}
@@ -135,6 +138,7 @@ class FakeLLM:
         self.connections = 0
         self.statuses.clear()
         self.prompts.clear()
+        self.answered.clear()
         self.api_keys.clear()
         self.recent_prompts.clear()
         self.batch_requests = 0
@@ -197,7 +201,8 @@ class FakeLLM:
         messages = request.get("messages", [])
         prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        self.prompts[hashlib.sha256(prompt.encode()).hexdigest()] += 1
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        self.prompts[digest] += 1
         self.recent_prompts.append(prompt)
         draw = self.rng.random()
         delay = cfg.latency_s
@@ -218,7 +223,9 @@ class FakeLLM:
             self.statuses["hang"] += 1
             await asyncio.sleep(cfg.hang_s)
         draw -= cfg.rate_hang
-        garbage = draw < cfg.rate_garbage
+        no_score = _NO_SCORE.search(prompt)
+        self.answered[digest] += 1  # replies given (a 429 or 500 is no reply)
+        garbage = draw < cfg.rate_garbage or bool(no_score and self.answered[digest] <= int(no_score.group(1)))
         self.statuses["garbage" if garbage else 200] += 1
         return 200, self._completion(request, prompt, prefill, garbage), {}
 

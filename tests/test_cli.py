@@ -75,7 +75,7 @@ def test_a_missing_column_gets_the_clis_own_hint(tmp_path, capsys):
 def test_exit_0_when_every_row_is_scored_or_flagged(fake_llm, tmp_path):
     fake_llm.config.rate_garbage = 0.5
     src = write_jsonl(tmp_path / "in.jsonl", _rows(20))
-    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", tmp_path / "s.sqlite")) == 0
+    assert main(_score_args(fake_llm.url, src, tmp_path / "o.jsonl", tmp_path / "s.sqlite", "--reask", "0")) == 0
     statuses = [json.loads(line)["status"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(statuses) == 20 and "parse_error" in statuses
 

@@ -204,3 +204,171 @@ def test_short_template_replies_from_the_real_model_give_a_score_and_a_reason(lo
     assert 1.0 <= result["expected_score"] <= 5.0  # the score: the digit probabilities right after the prefill
     assert result["reason"].strip(), result["raw_output"]
     assert not result["reason"].lower().startswith("reason:")
+
+
+# --- re-ask: a reply with no score is asked again -------------------------------------------------------------
+
+
+def _judge_rows(fake, rows, store, reask=None, **settings):
+    import asyncio
+
+    from backtrans.llm import LLMClient
+    from backtrans.runner import Progress, run_rows
+
+    llm = LLMSettings(base_url=fake.url, model="fake-judge", backoff_base_s=0.01, backoff_max_s=0.05, **settings)
+    task = JudgeTask(load_template("humpback-short"), llm, reask=reask)
+    progress = Progress(total=len(rows))
+
+    async def go():
+        client = LLMClient(llm)
+        run_id = store.start_run("judge", {})
+        try:
+            return [result async for _, result in run_rows(rows, task, client, store, run_id, progress)], client
+        finally:
+            await client.close()
+
+    results, client = asyncio.run(go())
+    return results, progress, client, task
+
+
+def test_a_reply_with_no_score_is_asked_again_and_the_second_parses(fake_llm, tmp_path):
+    from backtrans.store import RunStore
+
+    store = RunStore(tmp_path / "s.sqlite")
+    row = {"instruction": "Say hi [[score=4]] [[no-score=1]]", "generation": "Hi!"}
+    [result], progress, _, task = _judge_rows(fake_llm, [row], store)
+    assert task.reask == 1  # the template's default
+    assert result["status"] == "ok" and result["score"] == 4 and 3.5 < result["expected_score"] < 4.5
+    assert result["asks"] == 2 and len(result["raw_outputs"]) == 2
+    assert "~~" in result["raw_outputs"][0] and result["raw_outputs"][1] == result["raw_output"]
+    assert (progress.reasks, progress.reask_ok, progress.ok) == (1, 1, 1)
+    assert fake_llm.requests == 2
+    logged = store.replies(task.key(row))
+    assert [(c["ask"], c["status"]) for c in logged] == [(1, "parse_error"), (2, "ok")]
+    assert logged[0]["raw_output"] == result["raw_outputs"][0] and "no 'Score: N'" in logged[0]["error"]
+
+
+def test_a_row_that_never_parses_stays_a_parse_error_with_every_reply(fake_llm, tmp_path):
+    from backtrans.store import RunStore
+
+    store = RunStore(tmp_path / "s.sqlite")
+    row = {"instruction": "Say hi [[no-score=9]]", "generation": "Hi!"}
+    [result], progress, _, task = _judge_rows(fake_llm, [row], store, reask=2)
+    assert result["status"] == "parse_error"
+    assert result["score"] is None and result["expected_score"] is None  # never a guessed number
+    assert result["asks"] == 3 and all("~~" in reply for reply in result["raw_outputs"])
+    assert "asked 3 times" in result["error"]
+    assert (progress.reasks, progress.reask_ok, progress.parse_error) == (2, 0, 1)
+    assert [c["ask"] for c in store.replies(task.key(row))] == [1, 2, 3]
+    assert store.get(task.key(row))["raw_outputs"] == result["raw_outputs"]  # the store keeps them all
+
+
+def test_reask_zero_asks_once(fake_llm, tmp_path):
+    from backtrans.store import RunStore
+
+    row = {"instruction": "Say hi [[no-score=1]]", "generation": "Hi!"}
+    [result], progress, _, _ = _judge_rows(fake_llm, [row], RunStore(tmp_path / "s.sqlite"), reask=0)
+    assert result["status"] == "parse_error" and result["asks"] == 1 and fake_llm.requests == 1
+    assert progress.reasks == 0
+
+
+def test_reasks_leave_the_cache_key_alone_and_a_rerun_asks_only_what_a_stored_row_lacks(fake_llm, tmp_path):
+    from backtrans.store import RunStore
+
+    template, settings = load_template("humpback-short"), LLMSettings(model="m")
+    row = {"instruction": "q", "generation": "a"}
+    assert JudgeTask(template, settings, reask=0).key(row) == JudgeTask(template, settings, reask=3).key(row)
+
+    store = RunStore(tmp_path / "s.sqlite")
+    rows = [{"instruction": "fine [[score=5]]", "generation": "a"},
+            {"instruction": "late [[score=2]] [[no-score=1]]", "generation": "a"}]
+    first, _, _, _ = _judge_rows(fake_llm, rows, store, reask=0)
+    assert [r["status"] for r in first] == ["ok", "parse_error"] and fake_llm.requests == 2
+    # With re-asks allowed now, only the stored parse_error is asked, once more, and it keeps its first reply.
+    second, progress, _, _ = _judge_rows(fake_llm, rows, store, reask=1)
+    assert fake_llm.requests == 3 and progress.cached == 1 and progress.reasks == 1
+    assert second[0] == first[0]
+    assert second[1]["status"] == "ok" and second[1]["asks"] == 2
+    assert second[1]["raw_outputs"][0] == first[1]["raw_output"]
+    # A third pass has nothing left to ask.
+    third, progress, _, _ = _judge_rows(fake_llm, rows, store, reask=1)
+    assert fake_llm.requests == 3 and progress.cached == 2 and third == second
+
+
+def test_reasks_are_counted_apart_from_transport_retries(fake_llm, tmp_path):
+    from backtrans.store import RunStore
+
+    fake_llm.config.rate_429 = 0.3
+    fake_llm.config.retry_after_s = 0.0
+    store = RunStore(tmp_path / "s.sqlite")
+    rows = [{"instruction": f"q{i} [[no-score=1]]", "generation": "a"} for i in range(30)]
+    results, progress, client, _ = _judge_rows(fake_llm, rows, store, max_retries=20)
+    assert all(r["status"] == "ok" and r["asks"] == 2 for r in results)
+    assert progress.reasks == 30 and client.retries > 0  # every row re-asked once; 429s retried apart
+    logged = store.db.execute("SELECT ask, attempts FROM calls").fetchall()
+    assert sorted(ask for ask, _ in logged) == [1] * 30 + [2] * 30
+    assert sum(attempts - 1 for _, attempts in logged) == client.retries
+    assert fake_llm.requests == 60 + client.retries
+
+
+def test_a_reask_of_a_greedy_template_samples():
+    import asyncio
+
+    from backtrans.tasks import REASK_TEMPERATURE
+
+    class Recorder:
+        def __init__(self):
+            self.temperatures = []
+
+        async def chat(self, prompt, **params):
+            self.temperatures.append(params["temperature"])
+
+    recorder = Recorder()
+    task = JudgeTask(load_template("humpback-short"), LLMSettings(model="m"))
+    row = {"instruction": "q", "generation": "a"}
+    asyncio.run(task.call(recorder, row))
+    asyncio.run(task.call(recorder, row, reask=True))
+    warm = JudgeTask(dataclasses.replace(load_template("humpback-short"), temperature=0.3), LLMSettings(model="m"))
+    asyncio.run(warm.call(recorder, row, reask=True))
+    # At temperature 0 the same prompt would only bring the same unparsable reply back.
+    assert recorder.temperatures == [0.0, REASK_TEMPERATURE, 0.3]
+
+
+def test_the_cli_reask_flag_and_the_template_header(fake_llm, tmp_path):
+    import json
+
+    from backtrans.cli import main
+    from tests.conftest import write_jsonl
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": f"q{i} [[score=3]] [[no-score=1]]",
+                                               "generation": "a"} for i in range(5)])
+    source = load_template("humpback-short").source
+    no_reask = tmp_path / "no-reask.jinja2"
+    no_reask.write_text(source.replace("logprobs: true", "logprobs: true\nreask: 0"))
+
+    runs = iter(range(10))
+
+    def statuses(*extra: str) -> list[str]:
+        fake_llm.reset()  # the fake forgets which prompts it answered; each run has its own store
+        out = tmp_path / "out.jsonl"
+        args = ["score", str(src), "-o", str(out), "--base-url", fake_llm.url, "--model", "m", "--no-progress",
+                "--store", str(tmp_path / f"s{next(runs)}.sqlite"), *extra]
+        assert main(args) == 0
+        return [json.loads(line)["status"] for line in out.read_text().splitlines()]
+
+    assert statuses("--template", "humpback-short") == ["ok"] * 5  # default: one re-ask
+    assert statuses("--template", "humpback-short", "--reask", "0") == ["parse_error"] * 5
+    assert statuses("--template", str(no_reask)) == ["parse_error"] * 5  # the header says 0
+    assert statuses("--template", str(no_reask), "--reask", "1") == ["ok"] * 5  # the flag wins
+    with pytest.raises(SystemExit) as refused:
+        main(["score", str(src), "-o", str(tmp_path / "x.jsonl"), "--reask", "-1"])
+    assert refused.value.code == 2
+
+
+def test_the_reask_header_is_typed_and_checked():
+    from backtrans.templates import TemplateError, parse_template
+
+    assert parse_template("{#-\nkind: judge\nreask: 3\n-#}\nx", "t").reask == 3
+    assert parse_template("{#-\nkind: judge\n-#}\nx", "t").reask == 1
+    with pytest.raises(TemplateError, match=r"t:3:8: bad value for 'reask'"):
+        parse_template("{#-\nkind: judge\nreask: -2\n-#}\nx", "t")

@@ -9,9 +9,9 @@ from backtrans.store import RunStore
 from backtrans.templates import load_template
 
 
-def _collect(fake, rows, store, concurrency=8, window=None):
+def _collect(fake, rows, store, concurrency=8, window=None, reask=0):
     settings = LLMSettings(base_url=fake.url, model="fake", concurrency=concurrency)
-    task = JudgeTask(load_template("humpback"), settings)
+    task = JudgeTask(load_template("humpback"), settings, reask=reask)
     progress = Progress(total=len(rows))
 
     async def go():

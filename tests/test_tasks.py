@@ -42,7 +42,8 @@ def test_every_result_has_the_same_shape(fake_llm, kind):
     shape = set(task.output_columns) | {"status", task.status_column, task.error_column}
 
     ok = run_one(task, dict(ROWS[kind]))
-    assert set(ok) == shape
+    assert set(ok) == shape | {"asks", "raw_outputs"}  # the runner adds how often it asked, and every reply
+    assert ok["asks"] == 1 and len(ok["raw_outputs"]) == 1
     assert (ok["status"], ok[task.status_column], ok[task.error_column]) == ("ok", "ok", "")
     assert ok[task.model_column] == "fake"
 
