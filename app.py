@@ -21,7 +21,7 @@ import pandas as pd
 
 from backtrans import backends, local
 from backtrans.augment import FilterSettings
-from backtrans.decisions import default_measure, default_threshold, judge_measure
+from backtrans.decisions import ALIGNED_THRESHOLD, default_measure, default_threshold, judge_measure
 from backtrans.export import FORMATS as EXPORT_FORMATS
 from backtrans.limits import LimitError
 from backtrans.owners import BROWSER_ID, new_browser_id, on_space, owner_for
@@ -170,7 +170,7 @@ def render_histogram(view) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["bin", "pairs", "side"])
 
 
-MEASURE_WORDS = {"score": "score", "expected_score": "expected score"}
+MEASURE_WORDS = {"score": "score", "expected_score": "expected score", "aligned_score": "aligned score"}
 
 
 def render_summary(view) -> str:
@@ -180,8 +180,9 @@ def render_summary(view) -> str:
     overrides = f" · {view.overrides} overrides" if view.overrides else ""
     kept = f"kept at ≥{view.threshold:g}: **{view.kept}** of {view.total}"
     chosen = f"Keep by: **{MEASURE_WORDS[view.keep_by]}**"
-    if view.keep_by == "expected_score":
-        stand_in = "" if view.measure == "expected_score" else " (no expected scores yet: the score stands in)"
+    if view.keep_by != "score":
+        missing_words = f" (no {MEASURE_WORDS[view.keep_by]}s yet: the score stands in)"
+        stand_in = "" if view.measure == view.keep_by else missing_words
         return f"{chosen}{stand_in} · {kept} · scored {view.scored}{overrides}"
     paper = f" (the paper's A4: {view.levels['A4']}, A5: {view.levels['A5']})" if view.levels else ""
     return f"{chosen} · {kept}{paper} · scored {view.scored}{overrides}"
@@ -671,6 +672,29 @@ def set_keep_by(session: Session | None, keep_by: str, *filters):
     return refresh_review(session, *filters)
 
 
+def threshold_for_measure(session: Session | None, keep_by: str, threshold: float):
+    """An aligned score is a probability (keep at 0.5); the other measures live on the judge's scale."""
+    template = session.template if session is not None else load_template(default_template())
+    if keep_by == "aligned_score":
+        return gr.update(minimum=0, maximum=1, value=ALIGNED_THRESHOLD, step=0.05)
+    if not template.score_min <= float(threshold) <= template.score_max:
+        return gr.update(minimum=template.score_min, maximum=template.score_max, step=0.1,
+                         value=default_threshold(template, keep_by))
+    return gr.update(minimum=template.score_min, maximum=template.score_max, step=0.1)
+
+
+def align_judge(session: Session | None):
+    """The judge learns from its reviewers: calibrated on their decisions (no new calls), as a new measure."""
+    try:
+        if session is None:
+            raise SessionError("Pull reviewers' decisions first.")
+        report = session.align()
+    except SessionError as exc:
+        return f"**Cannot align yet.** {exc}", gr.update()
+    return ("```\n" + report.describe() + "\n```\nKeep by **aligned score** to use it: the probability that a "
+            "reviewer keeps the pair, kept at 0.5.", gr.update(value="aligned_score"))
+
+
 def select_row(session: Session | None, table: pd.DataFrame, event: gr.SelectData):
     if session is None or table is None or table.empty:
         return "", *_override_buttons(False)
@@ -893,7 +917,8 @@ def _review_step(page: SimpleNamespace) -> None:
     with gr.Row():
         page.threshold = gr.Slider(template.score_min, template.score_max, value=default_threshold(template),
                                    step=0.1, label="Keep pairs scored at least", elem_id="threshold")
-        page.keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score")],
+        page.keep_by = gr.Radio([("score", "score"), ("expected score", "expected_score"),
+                                 ("aligned score", "aligned_score")],
                                 value=default_measure(template), label="Keep by", elem_id="keep-by")
         page.curation = gr.Markdown(elem_id="threshold-counts")
     with gr.Row():
@@ -926,6 +951,9 @@ def _review_step(page: SimpleNamespace) -> None:
             page.adopt = gr.Button("Adopt the suggested threshold", interactive=False, elem_id="adopt-threshold")
         page.suggested_threshold = gr.State(None)
         page.estimates_text = gr.Markdown(elem_id="review-estimates")
+        with gr.Row():
+            page.align = gr.Button("Align the judge with the reviewers", elem_id="align-judge")
+        page.align_report = gr.Markdown(elem_id="align-report")
         with gr.Row():
             page.calibration_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="calibration-curve",
                                                 title="Human keep rate by band of the judge's measure",
@@ -1063,7 +1091,9 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     for control in filters:  # the record on show follows the threshold, as the table does
         control.change(refresh_review, [p.session, *filters], review_outputs, api_name=False).then(
             show_selected, p.session, p.detail, api_name=False)
-    keep_by_changed = p.keep_by.change(set_keep_by, [p.session, p.keep_by, *filters], review_outputs, api_name=False)
+    keep_by_changed = p.keep_by.change(threshold_for_measure, [p.session, p.keep_by, p.threshold], p.threshold,
+                                       api_name=False).then(set_keep_by, [p.session, p.keep_by, *filters],
+                                                            review_outputs, api_name=False)
     refresh_export(keep_by_changed)
     keep_by_changed.then(show_selected, p.session, p.detail, api_name=False)
     for control in (p.threshold, p.export_format):
@@ -1086,6 +1116,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     pulled.then(review_estimates, [p.session, p.target_precision], estimate_outputs, api_name=False)
     p.target_precision.change(review_estimates, [p.session, p.target_precision], estimate_outputs,
                               api_name="review_estimates")
+    p.align.click(align_judge, p.session, [p.align_report, p.keep_by], api_name="align_judge")
     p.adopt.click(adopt_threshold, [p.session, p.suggested_threshold], [p.threshold, p.keep_by], api_name=False)
     p.plan_button.click(plan_review, [p.session, p.budget, p.plan_seed, p.overlap_share, p.threshold],
                         [p.plan_summary, p.plan_makeup], api_name="plan_review")

@@ -35,11 +35,11 @@ def default_measure(template: Any) -> str:
     return "expected_score" if getattr(template, "logprobs", False) else DEFAULT_MEASURE
 
 
-def default_threshold(template: Any) -> float:
-    """The keep threshold a template starts with: one below the top of its scale (the paper's A4 on 1-5), or
-    70% of the way up where the expected score decides."""
+def default_threshold(template: Any, by: str | None = None) -> float:
+    """The keep threshold a template starts with, read by `by` (default: its own measure): one below the top of
+    its scale (the paper's A4 on 1-5), or 70% of the way up where the expected score decides."""
     low, high = template.score_min, template.score_max
-    if default_measure(template) == "expected_score":
+    if (by or default_measure(template)) == "expected_score":
         return round(low + EXPECTED_SCORE_SHARE * (high - low), 1)
     return float(high - 1)
 

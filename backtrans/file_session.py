@@ -368,15 +368,13 @@ class FileSession:
         import pandas as pd
 
         from backtrans import align
-        from backtrans.decisions import EXPECTED_SCORE_SHARE, measure_in
+        from backtrans.decisions import default_threshold, measure_in
 
         rows = [located.row for located in iter_rows(source)]
         by = measure_in(pd.DataFrame(rows), by) if rows else (by or "score")
         judge_template = load_template(template or default_template())
         if threshold is None:
-            low, high = judge_template.score_min, judge_template.score_max
-            threshold = (round(low + EXPECTED_SCORE_SHARE * (high - low), 1) if by == "expected_score"
-                         else float(high - 1))
+            threshold = default_threshold(judge_template, by)
         cost = None
         judge = None
         if rejudge:

@@ -166,8 +166,10 @@ def measure_bins(decided: pd.DataFrame, by: str, threshold: float, lo: int = 1, 
     values = decided["score"]
     if by == "expected_score" and "expected_score" in decided:
         values = decided["expected_score"].fillna(decided["score"])
+    elif by == "aligned_score" and "aligned_score" in decided:
+        values = decided["aligned_score"]
     values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    width = step if by == "expected_score" else 1.0
+    width = 1.0 if by == "score" else step
     edges = {round(lo + i * width, 9) for i in range(int(round((hi - lo) / width)) + 1)}
     if lo < threshold < hi:
         edges.add(float(threshold))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from backtrans import backends
-from backtrans.decisions import default_measure, default_threshold, measure_in, paper_levels
+from backtrans.decisions import MEASURES, default_measure, default_threshold, measure_in, paper_levels
 from backtrans.limits import LimitError, day_ago
 from backtrans.owners import OwnershipError, check_hub_id, confined_path, on_space
 from backtrans.records import (
@@ -598,7 +598,7 @@ class Session:
     # --- review -------------------------------------------------------------------------------------------
 
     def set_keep_by(self, keep_by: str) -> None:
-        self.keep_by = keep_by if keep_by in ("score", "expected_score") else "score"
+        self.keep_by = keep_by if keep_by in MEASURES else "score"
         if self.workbench is not None:
             self.workbench.keep_by = self.keep_by
 
@@ -621,7 +621,8 @@ class Session:
             scored=int(frame["score"].notna().sum()), kept=int(decided["final_keep"].sum()),
             overrides=len(workbench.overrides), measure=measure, keep_by=self.keep_by, threshold=threshold,
             levels=levels,
-            bins=measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max)
+            bins=(measure_bins(decided, measure, threshold, 0, 1, step=0.1) if measure == "aligned_score" else
+                  measure_bins(decided, measure, threshold, self.template.score_min, self.template.score_max))
             if bins else [],
             has_expected=bool(frame["expected_score"].notna().any()),
         )
@@ -734,6 +735,23 @@ class Session:
             suggested=review.choose_threshold(frame, float(target_precision), by),
             agreement=review.reviewer_agreement(frame),
         )
+
+    def align(self, method: str = "isotonic"):
+        """After a pull: calibrate the judge on the reviewers' decisions (no new calls) and add `aligned_score`,
+        P(a reviewer keeps), as a measure the keep rule can use. Returns the held-out report (align.AlignmentReport);
+        too few reviews raise SessionError with the counts."""
+        from backtrans import align
+
+        workbench = self._scored_workbench()
+        threshold = self.threshold if self.threshold is not None else default_threshold(self.template)
+        try:
+            judged_by = measure_in(workbench.frame, default_measure(self.template))  # the judge's own measure
+            aligned, report = align.align_rows(workbench.all_rows(), threshold, method=method, by=judged_by)
+        except align.AlignError as exc:
+            raise SessionError(str(exc)) from None
+        workbench.frame["aligned_score"] = pd.array([row["aligned_score"] for row in aligned], dtype="Float64")
+        workbench.version += 1
+        return report
 
     # --- export -------------------------------------------------------------------------------------------
 

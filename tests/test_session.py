@@ -519,3 +519,26 @@ def test_resuming_an_upload_mapped_by_hand_maps_its_columns_again(workspace, fak
     assert list(again.workbench.frame["instruction"]) == [f"question {i}" for i in range(4)]
     final = _judge(again, fake_llm)[-1]
     assert fake_llm.requests == before and final.progress.cached == 4
+
+
+def test_the_judge_learns_from_its_reviewers_as_a_measure_the_review_keeps_by(workspace, fake_llm, tmp_path):
+    rows = [{"instruction": f"question {i} [[score={1 + i % 5}]]", "generation": f"answer {i}"} for i in range(60)]
+    session = _session(workspace, "aligner")
+    session.inspect_upload(str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "pairs.jsonl")
+    session.load_upload("instruction", "generation")
+    _judge(session, fake_llm, template="humpback-short")
+    frame = session.workbench.frame
+    with pytest.raises(SessionError, match="review"):  # nothing reviewed yet: nothing to learn from
+        session.align()
+    # A reviewer stricter than the judge's threshold: keeps only the 5s.
+    frame["human_keep"] = [bool(score >= 5) if i % 2 == 0 else None for i, score in enumerate(frame["score"])]
+    report = session.align()
+    aligned = frame["aligned_score"]
+    assert aligned.notna().all() and ((aligned >= 0) & (aligned <= 1)).all() and report.reviewed == 30
+    session.set_keep_by("aligned_score")
+    view = session.review(ALL, 0.5)
+    assert (view.measure, view.keep_by) == ("aligned_score", "aligned_score")
+    unreviewed = frame["human_keep"].isna()
+    kept_unreviewed = session.workbench.with_decisions(0.5)[unreviewed]["final_keep"]
+    assert set(frame.loc[unreviewed & kept_unreviewed, "score"]) == {5}  # the 4s the judge would keep are not
+    assert sum(b.kept + b.discarded for b in view.bins) == 60 and all(b.high <= 1.1 for b in view.bins)
