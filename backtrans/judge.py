@@ -12,8 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from backtrans.llm import Completion, LLMSettings
-from backtrans.tasks import PromptTask
+from backtrans.llm import Completion, LLMClient, LLMSettings
+from backtrans.tasks import REASK_TEMPERATURE, PromptTask
 from backtrans.templates import Template
 
 # "Score: 4", "**Score:** **4**", "score - 4/5", "Rating: 4 out of 5", "Score (1-5): 4", "the rating is 4"
@@ -171,10 +171,38 @@ class JudgeTask(PromptTask):
     def prompt(self, row: dict) -> str:
         return self.prefix + super().prompt(row)
 
+    async def call(self, client: LLMClient, row: dict, reask: bool = False) -> Completion:
+        """With `reason_stems` in the template: a score pass (one token, its digit probabilities), then a reason
+        pass that continues "Score: N\nReason: <the opening for N's level>", so that the reason starts from the
+        score's side of the rubric instead of arguing against it. The second pass repeats the first one's prompt,
+        so a server's prompt cache reads only the few tokens added. One reply comes back: the reason pass's
+        text with the score pass's logprobs (what expected_score reads)."""
+        stems = self.template.reason_stems
+        if not stems:
+            return await super().call(client, row, reask)
+        params = dict(self.params)
+        if reask and not params["temperature"]:
+            params["temperature"] = REASK_TEMPERATURE
+        prompt = self.prompt(row)
+        scored = await client.chat(prompt, **{**params, "max_tokens": 1, "logprobs": True})
+        lo, hi = self.template.score_min, self.template.score_max
+        parsed = parse_score(scored.text, lo, hi)
+        if parsed.score is None:
+            return scored  # no score to give a reason for: a parse error (and a re-ask)
+        share = (parsed.score - lo) / (hi - lo)
+        stem = stems[0] if share < 0.5 else stems[1] if share < 0.75 else stems[2]
+        reasoned = await client.chat(prompt, **{**params, "prefill": f"{scored.text.rstrip()}\nReason: {stem}",
+                                                "logprobs": False})
+        return Completion(text=reasoned.text, prompt_tokens=scored.prompt_tokens + reasoned.prompt_tokens,
+                          completion_tokens=scored.completion_tokens + reasoned.completion_tokens,
+                          latency_s=scored.latency_s + reasoned.latency_s,
+                          attempts=scored.attempts + reasoned.attempts - 1, logprobs=scored.logprobs,
+                          model=reasoned.model, hedged=scored.hedged or reasoned.hedged)
+
     def parse(self, row: dict, completion: Completion) -> dict:
         lo, hi = self.template.score_min, self.template.score_max
         parsed = parse_score(completion.text, lo, hi)
-        cut_off = completion.completion_tokens >= self.params["max_tokens"]
+        cut_off = completion.completion_tokens >= self.params["max_tokens"] + bool(self.template.reason_stems)
         outputs = {
             "score": parsed.score,
             "reason": tidy_reason(parsed.reason, cut_off),

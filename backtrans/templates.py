@@ -1,7 +1,8 @@
 """Prompt templates: finding, reading and rendering `prompts/*.jinja2` in a Jinja2 sandbox.
 
 A template is a Jinja2 file whose first block is a comment holding `key: value` settings
-(name, kind, score_range, max_tokens, temperature, prefill, logprobs, reask, output, description), each read
+(name, kind, score_range, max_tokens, temperature, prefill, logprobs, reask, reason_stems, output, description),
+each read
 with its type; an unknown key or a bad value is refused with file:line:column. The rest renders to
 the user message. Dataset text and user templates are untrusted, so rendering always runs in an
 immutable sandbox with undefined names as errors.
@@ -65,6 +66,9 @@ class Template:
     prefill: str = ""
     logprobs: bool = False
     reask: int = 1  # asks more of the same prompt when a reply has no usable answer (no score)
+    # A judge's score pass, then its reason pass: "low|mid|high" openings of the reason for a score in the bottom
+    # half, the next quarter and the top quarter of the scale (backtrans.judge.JudgeTask).
+    reason_stems: tuple[str, ...] = ()
     output: str = "generation"
     description: str = ""
     variables: tuple[str, ...] = field(default=())
@@ -160,6 +164,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _stems(value: str) -> tuple[str, ...]:
+    stems = tuple(part.strip() for part in value.split("|"))
+    if len(stems) != 3 or not all(stems):
+        raise ValueError(f"expected three reason openings, low|mid|high, got {value!r}")
+    return stems
+
+
 def _temperature(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 2:
@@ -177,6 +188,7 @@ HEADER_KEYS: dict[str, object] = {
     "temperature": _temperature,
     "logprobs": _boolean,
     "reask": _count,
+    "reason_stems": _stems,
     "output": str,
 }
 _SETTING = re.compile(r"^(\s*)([A-Za-z_][\w-]*)\s*:(\s*)(.*?)\s*$")
@@ -248,6 +260,7 @@ def parse_template(text: str, name: str, path: str = "") -> Template:
         prefill=str(settings.get("prefill", "")),
         logprobs=bool(settings.get("logprobs", False)),
         reask=int(settings.get("reask", 1)),  # type: ignore[arg-type]
+        reason_stems=tuple(settings.get("reason_stems", ())),  # type: ignore[arg-type]
         output=str(settings.get("output", "generation")),
         description=str(settings.get("description", "")),
         variables=variables,

@@ -372,3 +372,37 @@ def test_the_reask_header_is_typed_and_checked():
     assert parse_template("{#-\nkind: judge\n-#}\nx", "t").reask == 1
     with pytest.raises(TemplateError, match=r"t:3:8: bad value for 'reask'"):
         parse_template("{#-\nkind: judge\nreask: -2\n-#}\nx", "t")
+    with pytest.raises(TemplateError, match=r"t:3:15: bad value for 'reason_stems': expected three"):
+        parse_template("{#-\nkind: judge\nreason_stems: a|b\n-#}\nx", "t")
+
+
+def test_reason_stems_score_first_then_a_reason_that_starts_on_the_scores_side(fake_llm):
+    source = load_template("humpback-short").source.replace(
+        "logprobs: true", 'logprobs: true\nreason_stems: "Low opening: it|Mid opening: it|High opening: it"')
+    from backtrans.templates import parse_template
+
+    template = parse_template(source, "stems")
+    assert template.reason_stems == ("Low opening: it", "Mid opening: it", "High opening: it")
+    task = JudgeTask(template, LLMSettings(base_url=fake_llm.url, model="fake-judge"))
+    high = run_one(task, {"instruction": "Say hi [[score=5]]", "generation": "Hi!"})
+    low = run_one(task, {"instruction": "Say hi [[score=1]]", "generation": "Hi!"})
+    assert fake_llm.requests == 4  # a score pass and a reason pass per row
+    assert len(set(list(fake_llm.recent_prompts)[:2])) == 1  # the reason pass repeats the prompt: a cached prefix
+    assert high["score"] == 5 and high["expected_score"] > 4.5 and high["reason"].startswith("High opening: it")
+    assert low["score"] == 1 and low["expected_score"] < 1.5 and low["reason"].startswith("Low opening: it")
+    assert high["raw_output"].startswith("Score: 5\nReason: High opening: it")
+
+
+@pytest.mark.parametrize("row", PAIRS[:1], ids=["matched"])
+def test_two_pass_template_on_the_real_model_gives_a_reason_that_opens_on_the_scores_side(local_llm, row):
+    template = load_template("humpback-two-pass")
+    settings = LLMSettings(base_url=local_llm.base_url, model=local_llm.model, timeout_s=120)
+    result = run_one(JudgeTask(template, settings), row)
+    if result["status"] == "ok":  # the 135M test model does not always write a digit in range
+        assert 1.0 <= result["expected_score"] <= 5.0
+        low, mid, high = template.reason_stems
+        share = (result["score"] - 1) / 4
+        assert result["reason"].startswith(low if share < 0.5 else mid if share < 0.75 else high), result
+        assert result["raw_output"].startswith(f"Score: {result['score']}\nReason: ")
+    else:
+        assert result["status"] == "parse_error" and result["asks"] == 2 and result["score"] is None

@@ -30,7 +30,8 @@ def test_bundled_templates_declare_their_ranges_and_kinds():
     assert by_name["humpback-short"].prefill == "Score: " and by_name["humpback-short"].logprobs
     assert by_name["generate-response"].kind == "generate"
     assert {"instruction", "generation"} == set(by_name["humpback"].variables)
-    assert sorted(t.name for t in list_templates("judge")) == ["additive", "humpback", "humpback-short"]
+    assert sorted(t.name for t in list_templates("judge")) == ["additive", "humpback", "humpback-short",
+                                                               "humpback-two-pass"]
 
 
 def test_default_max_tokens_leave_room_for_reasoning():
