@@ -95,8 +95,8 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
-def render_progress(progress, final: bool = False) -> str:
-    """Rows done, by status, tokens, rate and ETA; at the end, how long the whole run took."""
+def render_progress(progress, final: bool = False, eta: bool = True) -> str:
+    """Rows done, by status, tokens, rate and (with `eta`) the time left; at the end, how long the whole run took."""
     elapsed = time.monotonic() - progress.started
     rate = progress.done / elapsed if elapsed > 0 else 0.0
     counts = (f"{progress.ok} ok · {progress.parse_error} parse errors · {progress.llm_error} LLM errors · "
@@ -104,17 +104,8 @@ def render_progress(progress, final: bool = False) -> str:
     if final:
         return f"**Done:** {progress.done} rows in {duration(elapsed)} · {counts}"
     left = (progress.total or 0) - progress.done
-    eta = f" · about {duration(left / rate)} left" if rate > 0 and left > 0 else ""
-    return f"{progress.done}/{progress.total} rows · {counts} · {rate:.2f} rows/s{eta}"
-
-
-def render_update(update) -> str:
-    if update.error:
-        return f"**Stopped by an error.** {update.error}"
-    text = render_progress(update.progress, final=update.done) if update.progress is not None else "Starting…"
-    if update.filters is not None:
-        text = f"Filters: {update.filters.describe()}. Instructions: {text}"
-    return text
+    left_text = f" · about {duration(left / rate)} left" if eta and rate > 0 and left > 0 else ""
+    return f"{progress.done}/{progress.total} rows · {counts} · {rate:.2f} rows/s{left_text}"
 
 
 def render_loaded(loaded) -> str:
@@ -481,9 +472,7 @@ def render_job(job) -> str:
         if job.elapsed < 1:
             return f"Starting {KIND_WORDS.get(job.kind, 'the job')}…"
         return f"Waiting for the first reply · {duration(job.elapsed)} · {job.total} rows to go"
-    text = render_progress(progress)
-    if done < ETA_AFTER_ROWS or job.elapsed < ETA_AFTER_S:
-        text = text.split(" · about ")[0]
+    text = render_progress(progress, eta=done >= ETA_AFTER_ROWS and job.elapsed >= ETA_AFTER_S)
     if job.filters is not None:
         text = f"Filters: {job.filters.describe()}. Instructions: {text}"
     return text

@@ -627,6 +627,10 @@ class Session:
             has_expected=bool(frame["expected_score"].notna().any()),
         )
 
+    def _threshold(self) -> float:
+        """The threshold the review last used, else the template's own."""
+        return self.threshold if self.threshold is not None else default_threshold(self.template)
+
     def measure(self) -> str:
         """The measure that decides keep: expected score only where the judge gave one."""
         frame = self.workbench.frame if self.workbench is not None else pd.DataFrame()
@@ -639,7 +643,7 @@ class Session:
             self.selected_row = None
             return None
         self.selected_row = int(row_number)
-        threshold = self.threshold if self.threshold is not None else default_threshold(self.template)
+        threshold = self._threshold()
         return workbench.with_decisions(threshold).iloc[self.selected_row].to_dict()
 
     def override(self, keep: bool | None) -> bool:
@@ -743,7 +747,7 @@ class Session:
         from backtrans import align
 
         workbench = self._scored_workbench()
-        threshold = self.threshold if self.threshold is not None else default_threshold(self.template)
+        threshold = self._threshold()
         try:
             judged_by = measure_in(workbench.frame, default_measure(self.template))  # the judge's own measure
             aligned, report = align.align_rows(workbench.all_rows(), threshold, method=method, by=judged_by)
