@@ -137,17 +137,20 @@ def render_review_table(view) -> pd.DataFrame:
     columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     if not view.has_expected:
         columns.remove("expected_score")  # a judge without digit probabilities: no empty column
-    shown = rows.reindex(columns=columns).copy()
+    # Column lists, not pandas operations: every running job's page redraws this every few seconds.
+    shown = {column: rows[column] if column in rows else [None] * len(rows) for column in columns}
     if len(rows) and "final_keep" in rows:
         # A row the judge has not answered yet is pending, never a verdict (unless a person already decided it).
-        pending = rows["status"].map(missing)
+        pending = [missing(status) for status in rows["status"].tolist()]
         shown["verdict"] = ["pending" if wait and by == "judge" else _verdict(keep, by)
-                            for keep, by, wait in zip(rows["final_keep"], rows["decided_by"], pending, strict=True)]
+                            for keep, by, wait in zip(rows["final_keep"].tolist(), rows["decided_by"].tolist(),
+                                                      pending, strict=True)]
         shown["judge"] = ["pending" if wait else _verdict(keep, "judge")
-                          for keep, wait in zip(rows["judge_keep"], pending, strict=True)]
+                          for keep, wait in zip(rows["judge_keep"].tolist(), pending, strict=True)]
     for column in ("instruction", "generation", "reason"):
-        shown[column] = shown[column].map(_shorten)
-    return shown.rename(columns=HEADERS)
+        shown[column] = [_shorten(value) for value in shown[column]]
+    return pd.DataFrame({HEADERS.get(column, column): values for column, values in shown.items()},
+                        index=rows.index)
 
 
 def render_histogram(view) -> pd.DataFrame:

@@ -106,17 +106,19 @@ class Workbench:
     def filtered(self, filters: Filters, threshold: float, decided: pd.DataFrame | None = None) -> pd.DataFrame:
         """The rows that pass the filters, sorted; `decided`: this threshold's `with_decisions`, if already made."""
         frame = self.with_decisions(threshold) if decided is None else decided
-        mask = pd.Series(True, index=frame.index)
+        mask = np.ones(len(frame), dtype=bool)
         if set(STATUSES) - set(filters.statuses):
-            mask &= frame["status"].fillna("pending").isin(filters.statuses)
-        score = frame["score"]
-        in_range = (score >= filters.min_score) & (score <= filters.max_score)
-        mask &= in_range.fillna(False) | (score.isna() & filters.include_unscored)
+            mask &= frame["status"].fillna("pending").isin(filters.statuses).to_numpy(dtype=bool)
+        score = frame["score"].to_numpy(dtype=float, na_value=np.nan)
+        unscored = np.isnan(score)
+        with np.errstate(invalid="ignore"):
+            in_range = (score >= filters.min_score) & (score <= filters.max_score)
+        mask &= in_range | (unscored & filters.include_unscored)
         if filters.text.strip():
             needle = filters.text.strip()
             text = frame["instruction"].astype(str) + "\n" + frame["generation"].astype(str)
-            mask &= text.str.contains(needle, case=False, regex=False)
-        view = frame if mask.all() else frame[mask.astype(bool)]
+            mask &= text.str.contains(needle, case=False, regex=False).to_numpy(dtype=bool)
+        view = frame if mask.all() else frame[mask]
         column, ascending = SORTS.get(filters.sort, SORTS["input order"])
         if column == "row" and ascending and view["row"].is_monotonic_increasing:
             return view  # already in input order

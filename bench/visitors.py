@@ -5,7 +5,7 @@ and 96 visitors at once through gradio_client, each in its own thread with a fil
 default), judged with the app's model. Prints, per crowd: p50 / p95 / max visitor time (upload to done), the
 app process's CPU per judged row, its RSS, and rows per second.
 
-    python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR]
+    python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR] [--profile P]
 
 `--app-root` runs another checkout's app.py (an older commit, for before/after figures).
 """
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +58,14 @@ def visit(url: str, path: Path, times: list[float], errors: list[str], start: th
         errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def crowd(app: AppServer, folder: Path, visitors: int, rows: int, salt: str) -> dict:
+def profiler(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy on the app (the thread holding the GIL only), stopped by SIGINT, which makes it write `out`."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--gil", "--rate", "100", "--format", "raw",
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def crowd(app: AppServer, folder: Path, visitors: int, rows: int, salt: str, profile: Path | None = None) -> dict:
     paths = [write_jsonl(folder / f"{salt}-{v}.jsonl", [
         {"instruction": f"{salt} visitor {v} question {i}?", "generation": f"answer {i}"} for i in range(rows)])
         for v in range(visitors)]
@@ -67,11 +76,15 @@ def crowd(app: AppServer, folder: Path, visitors: int, rows: int, salt: str) -> 
     for thread in threads:
         thread.start()
     start.wait()  # every client connected: the clock starts for all at once
+    spy = profiler(app.process.pid, profile) if profile else None
     cpu_before, began = cpu_seconds(app.process.pid), time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
     cpu = cpu_seconds(app.process.pid) - cpu_before
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     ordered = sorted(times) or [float("nan")]
     judged = len(times) * rows
     return {"visitors": visitors, "done": len(times), "errors": errors, "p50": statistics.median(ordered),
@@ -86,6 +99,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=40)
     parser.add_argument("--latency", type=float, default=0.25)
     parser.add_argument("--app-root", type=Path, default=ROOT)
+    parser.add_argument("--profile", type=Path, metavar="PREFIX", help="record py-spy (raw stacks) on the app during "
+                        "each crowd's measured window (clients already connected) to PREFIX.N.raw")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="backtrans-visitors-"))
     fake = FakeProcess("--latency", str(args.latency))
@@ -102,7 +117,8 @@ def main() -> None:
     alone = None
     try:
         for number, visitors in enumerate(args.visitors):
-            result = crowd(app, folder, visitors, args.rows, f"c{number}")
+            profile = args.profile.with_name(f"{args.profile.name}.{number}.raw") if args.profile else None
+            result = crowd(app, folder, visitors, args.rows, f"c{number}", profile)
             alone = alone if alone is not None else result["max"]
             print(f"| {visitors} | {result['done']}/{visitors} | {result['p50']:.2f} | {result['p95']:.2f} | "
                   f"{result['max']:.2f} | {result['cpu_ms_per_row']:.2f} | {result['rss_mb']:.0f} | "
