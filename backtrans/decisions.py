@@ -10,7 +10,6 @@ value at all is `records.missing`'s to say.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
