@@ -137,7 +137,7 @@ def render_review_table(view) -> pd.DataFrame:
     columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     if not view.has_expected:
         columns.remove("expected_score")  # a judge without digit probabilities: no empty column
-    # Column lists, not pandas operations: every running job's page redraws this every few seconds.
+    # Built once from columns and lists, not by pandas operations: every running job's page redraws this.
     shown = {column: rows[column] if column in rows else [None] * len(rows) for column in columns}
     if len(rows) and "final_keep" in rows:
         # A row the judge has not answered yet is pending, never a verdict (unless a person already decided it).

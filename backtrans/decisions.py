@@ -63,7 +63,7 @@ def paper_levels(scores: Any) -> dict[str, int]:
     import pandas as pd
 
     series = scores if isinstance(scores, pd.Series) else pd.Series(list(scores), dtype=object)
-    valid = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    valid = _numbers(series)
     valid = valid[~np.isnan(valid)]
     return {name: int((valid >= level).sum()) for name, level in PAPER_LEVELS.items()}
 
@@ -119,12 +119,12 @@ def decide_frame(frame, threshold: float, by: str = "score", overrides: Mapping[
 
     # On arrays, not Series: a running job's page redraws this every few seconds for every visitor, and
     # pandas' per-operation cost, not the rows, is what a 50-row table pays.
-    measure = _numbers(frame, "score")
+    measure = _numbers(frame["score"])
     if check_measure(by) == "expected_score" and "expected_score" in frame:
-        expected = _numbers(frame, "expected_score")
+        expected = _numbers(frame["expected_score"])
         measure = np.where(np.isnan(expected), measure, expected)
     elif by == "aligned_score":
-        measure = _numbers(frame, "aligned_score") if "aligned_score" in frame else np.full(len(frame), np.nan)
+        measure = _numbers(frame["aligned_score"]) if "aligned_score" in frame else np.full(len(frame), np.nan)
     scored = ~np.isnan(measure)
     judge = np.where(scored, measure, -np.inf) >= threshold
     final = judge.copy()
@@ -148,8 +148,9 @@ def decide_frame(frame, threshold: float, by: str = "score", overrides: Mapping[
     return frame
 
 
-def _numbers(frame, column: str):
+def _numbers(values):
+    """A column as floats, NaN for anything that is not a number."""
     import numpy as np
     import pandas as pd
 
-    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
