@@ -9,6 +9,7 @@ curves, and the `render_*` functions here turn them into Markdown, tables, HTML 
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import html
 import os
@@ -1124,7 +1125,7 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     WORKSPACE = workspace or _workspace()
     WORKSPACE.data_dir.mkdir(parents=True, exist_ok=True)
     page = SimpleNamespace()
-    with gr.Blocks(title="backtrans") as demo:
+    with _LeanBlocks(title="backtrans") as demo:
         _header(page)
         with gr.Tab("1 · Data"):
             _data_step(page)
@@ -1142,6 +1143,91 @@ def create_app(workspace: Workspace | None = None) -> gr.Blocks:
     return demo
 
 
+class _LeanSessionState(gr.state_holder.SessionState):
+    """A visitor's Gradio session that builds a block's config only when a deep link asks for it.
+
+    Gradio keeps, for each session, the config of every block (about 150 here, each made through
+    inspect.signature): all of them when the session starts, and again for each input and output of every event.
+    Only a deep link reads them. With many visitors at once that bookkeeping was the largest single cost of the
+    app's CPU (docs/benchmarks.md). Here the values are kept as they come and a config is made when read, from
+    the same block and value, so a deep link sees what it saw before (tests/test_app.py compares the two)."""
+
+    def __init__(self, blocks) -> None:
+        super().__init__(SimpleNamespace(default_config=blocks.default_config, blocks={}))
+        self._config_ids = dict.fromkeys(blocks.blocks)
+        self._values: dict[int, object] = {}
+
+    def __setitem__(self, key: int, value) -> None:
+        block = self.blocks_config.blocks.get(key)
+        if isinstance(block, gr.State):
+            self._state_ttl[key] = (block.time_to_live, datetime.datetime.now())
+            self.state_data[key] = value
+        else:
+            self.blocks_config.blocks[key] = value
+        if block:
+            self._stale(key)
+
+    def _stale(self, key: int) -> None:
+        self.config_values.pop(key, None)
+        self._values.pop(key, None)
+        self._config_ids[key] = None
+
+    def _update_config(self, key: int) -> None:
+        if self[key] is not None:
+            self._stale(key)
+
+    def _update_value_in_config(self, key: int, value) -> None:
+        self._config_ids[key] = None
+        self._values[key] = value
+
+    @property
+    def components(self):
+        for key in self._config_ids:
+            block = self.blocks_config.blocks.get(key)
+            if key not in self.config_values and block is not None:
+                self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
+            if key in self._values and "props" in self.config_values.get(key, {}):
+                self.config_values[key]["props"]["value"] = self._values.pop(key)
+        return super().components
+
+
+class _LeanBlocks(gr.Blocks):
+    """Blocks whose skipped outputs cost nothing: Gradio builds a new component for every gr.skip() an event
+    returns, on every yield, only to send `{"__type__": "update"}`. A job's page yields the status every second
+    and skips the table, plots and counts most of the time; here only the outputs that changed are processed,
+    and what reaches the page is the same (tests/test_app.py compares the two)."""
+
+    async def postprocess_data(self, block_fn, predictions, state):
+        outputs = list(block_fn.outputs)
+        if block_fn.batch or len(outputs) < 2 or not isinstance(predictions, (list, tuple)) \
+                or len(predictions) != len(outputs):
+            return await super().postprocess_data(block_fn, predictions, state)
+        changed = [i for i, value in enumerate(predictions) if not _skipped(value)]
+        if len(changed) == len(outputs):
+            return await super().postprocess_data(block_fn, predictions, state)
+        done = [gr.skip() for _ in outputs]
+        if changed:
+            part = copy.copy(block_fn)
+            part.outputs = [outputs[i] for i in changed]
+            values = [predictions[i] for i in changed]
+            processed = await super().postprocess_data(part, values if len(changed) > 1 else values[0], state)
+            for i, value in zip(changed, processed, strict=True):
+                done[i] = value
+        return done
+
+
+def _skipped(value: object) -> bool:
+    return isinstance(value, dict) and value == {"__type__": "update"}
+
+
+def lean_sessions() -> None:
+    """New Gradio sessions of this process start lean (_LeanSessionState)."""
+    gr.state_holder.SessionState = _LeanSessionState
+
+
+QUEUE_POLL_S = 0.02
+
+
 def main() -> None:
     # Gradio recomputes its queue's analytics summary (a pandas group-by over the last 10,000 events) after every
     # event by default: with many visitors that costs more than the work. It only feeds a monitoring view.
@@ -1149,10 +1235,15 @@ def main() -> None:
     workspace = _workspace()
     workspace.data_dir.mkdir(parents=True, exist_ok=True)
     workspace.expire()
+    lean_sessions()
     demo = create_app(workspace)
     # Each event may run for many users at once; one visitor's jobs are capped by the session's job gate,
     # so a long job never queues another visitor's short one behind it.
-    demo.queue(default_concurrency_limit=32, max_size=256).launch(
+    demo.queue(default_concurrency_limit=32, max_size=256)
+    # Gradio's queue looks for new events every millisecond when it has a free slot: 5% of a core while nobody
+    # is there, and a busier event loop when many are. 20 ms is below what a person notices.
+    demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = QUEUE_POLL_S, 10 * QUEUE_POLL_S
+    demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
         show_error=False,

@@ -3,7 +3,7 @@
 Starts the fake OpenAI-compatible server (250 ms a call) and app.py as a Space runs it, then drives 1, 16, 48
 and 96 visitors at once through gradio_client, each in its own thread with a file of its own (40 pairs by
 default), judged with the app's model. Prints, per crowd: p50 / p95 / max visitor time (upload to done), the
-app process's CPU per judged row, its RSS, and rows per second.
+app process's CPU per judged row, its RSS, and rows per second; first, the app's CPU with nobody on it.
 
     python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR] [--profile P]
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import JUDGE, AppServer, FakeProcess, client_for, upload, write_jsonl  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_S = 5.0  # how long the app is watched with nobody on it
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,6 +113,9 @@ def main() -> None:
                              "HF_HUB_DISABLE_TELEMETRY": "1"}, root=args.app_root.resolve())
     print(f"app: {args.app_root.resolve()}; {args.rows} pairs a visitor, {args.latency * 1000:.0f} ms a call, "
           f"concurrency {JUDGE['concurrency']} a visitor")
+    cpu_before = cpu_seconds(app.process.pid)
+    time.sleep(IDLE_S)
+    print(f"idle app: {1000 * (cpu_seconds(app.process.pid) - cpu_before) / IDLE_S:.0f} ms of CPU a second")
     print("| visitors | finished | p50 s | p95 s | max s | app CPU ms/row | RSS MB | rows/s |")
     print("|---|---|---|---|---|---|---|---|")
     alone = None

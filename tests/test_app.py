@@ -334,3 +334,95 @@ def test_the_histograms_green_bars_add_up_to_the_kept_count_the_summary_gives(fa
             assert all(pairs == 0 for bin_, pairs, side in plot["data"] if side == "kept" and float(bin_) < threshold)
     finally:
         served.stop()
+
+
+def test_a_lean_session_gives_a_deep_link_the_same_components_as_gradio_s_own(tmp_path):
+    """app._LeanSessionState defers Gradio's per-session block configs; through the same events (inputs, plain
+    outputs, updates that change a prop and a value, a State) a deep link must read exactly what Gradio's
+    SessionState gives."""
+    import asyncio
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    with gr.Blocks() as demo:
+        state = gr.State(0)
+        text = gr.Textbox("start")
+        choice = gr.Dropdown(["a", "b"], value="a")
+        shown = gr.Markdown("nothing")
+        untouched = gr.Number(7)
+
+        def plain(value, count):
+            return value.upper(), count + 1
+
+        def update(value):
+            return gr.update(choices=["a", "b", value], value=value), gr.update(visible=False)
+
+        plain_event = text.submit(plain, [text, state], [shown, state])
+        update_event = text.change(update, text, [choice, shown])
+    functions = {fn.name: fn for fn in demo.fns.values()}
+
+    async def drive(session) -> dict:
+        await demo.process_api(functions["plain"], ["hello", None], state=session)
+        await demo.process_api(functions["update"], ["c"], state=session)
+        await demo.process_api(functions["plain"], ["again", None], state=session)
+        # Gradio files a changed output under the id of the block it made for the change: the ids of those
+        # differ between two runs, so the components are compared in order, keyed by the page's own ids.
+        return {config["id"] if config["id"] in demo.blocks else f"made {n}": config
+                for n, config in enumerate(session.components)}
+
+    gradio_s = asyncio.run(drive(SessionState(demo)))
+    lean = asyncio.run(drive(app._LeanSessionState(demo)))
+    made = [key for key in lean if isinstance(key, str)]
+    assert made and made == [key for key in gradio_s if isinstance(key, str)]
+    for key in made:
+        gradio_s[key].pop("id"), lean[key].pop("id")
+    assert lean == gradio_s
+    assert lean[choice._id]["props"]["value"] == "c" and "c" in str(lean[choice._id]["props"]["choices"])
+    assert [lean[key]["props"].get("value") for key in made] == ["AGAIN"]  # the Markdown after its update
+    assert lean[untouched._id]["props"]["value"] == 7 and lean[state._id]["type"] == "state"
+    assert plain_event and update_event
+
+
+def test_lean_blocks_send_the_page_what_gradio_sends_for_skipped_and_changed_outputs():
+    """app._LeanBlocks processes only the outputs an event changed; the page must receive the same data as from
+    gr.Blocks, for skips mixed with values, updates and a whole-table value."""
+    import asyncio
+
+    import gradio as gr
+    import pandas as pd
+
+    def build(kind):
+        with kind() as demo:
+            text = gr.Textbox()
+            table = gr.Dataframe(pd.DataFrame({"a": [1]}))
+            note = gr.Markdown()
+            button = gr.Button()
+
+            def mixed(value):
+                return gr.skip(), f"**{value}**", gr.skip(), gr.update(interactive=False)
+
+            def table_only(value):
+                return pd.DataFrame({"a": [len(value)], "b": [value]}), gr.skip(), gr.skip(), gr.skip()
+
+            def nothing(value):
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+            for fn in (mixed, table_only, nothing):
+                text.submit(fn, text, [table, note, text, button])
+        return demo
+
+    async def outputs(demo) -> list:
+        from gradio.state_holder import SessionState
+
+        state = SessionState(demo)
+        results = []
+        for fn in demo.fns.values():
+            result = await demo.process_api(fn, ["<b>x</b>"], state=state)
+            results.append(result["data"])
+        return results
+
+    gradio_s, lean = asyncio.run(outputs(build(gr.Blocks))), asyncio.run(outputs(build(app._LeanBlocks)))
+    assert lean == gradio_s
+    assert lean[0][1] == "**<b>x</b>**" and lean[0][3]["interactive"] is False
+    assert lean[1][0]["data"] == [[len("<b>x</b>"), "<b>x</b>"]] and lean[2] == [{"__type__": "update"}] * 4
