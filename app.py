@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import gc
 import html
 import os
 import time
@@ -28,7 +29,7 @@ from backtrans.limits import LimitError
 from backtrans.owners import BROWSER_ID, new_browser_id, on_space, owner_for
 from backtrans.records import SUFFIXES, missing
 from backtrans.review_table import SORTS, STATUSES, Filters
-from backtrans.session import CUSTOM_TEMPLATE, NoSuchRun, Session, SessionError
+from backtrans.session import CUSTOM_TEMPLATE, MAX_REASK, NoSuchRun, Session, SessionError
 from backtrans.templates import TemplateError, default_template, list_templates, load_template
 from backtrans.workspace import Workspace
 
@@ -102,6 +103,8 @@ def render_progress(progress, final: bool = False, eta: bool = True) -> str:
     rate = progress.done / elapsed if elapsed > 0 else 0.0
     counts = (f"{progress.ok} ok · {progress.parse_error} parse errors · {progress.llm_error} LLM errors · "
               f"{progress.cached} from the store · {progress.tokens:,} tokens")
+    if progress.reasks:
+        counts += f" · {counted(progress.reasks, 're-ask')} ({progress.reask_ok} parsed on one)"
     if final:
         return f"**Done:** {progress.done} rows in {duration(elapsed)} · {counts}"
     left = (progress.total or 0) - progress.done
@@ -461,6 +464,11 @@ PLOTS_EVERY_S = 5.0
 ETA_AFTER_ROWS, ETA_AFTER_S = 3, 10.0  # an ETA from fewer rows or seconds is a wild guess
 
 
+TEMPLATE_REASK = "template"
+REASK_CHOICES = [("as the template says (1 for the bundled ones)", TEMPLATE_REASK), ("never", "0"),
+                 *((f"up to {n} {'time' if n == 1 else 'times'}", str(n)) for n in range(1, MAX_REASK + 1))]
+
+
 def render_job(job) -> str:
     """What a job is doing, from its first second: starting, waiting for the first reply, rows and rate, the end."""
     progress = job.progress
@@ -534,8 +542,8 @@ def _preview_drawer(session: Session):
     return draw
 
 
-async def judge(session: Session | None, template_name: str, custom_text: str, backend: str, model: str,
-                base_url: str, api_key: str, concurrency: float, threshold: float, min_score: float,
+async def judge(session: Session | None, template_name: str, custom_text: str, reask: str, backend: str,
+                model: str, base_url: str, api_key: str, concurrency: float, threshold: float, min_score: float,
                 max_score: float, statuses: list[str], text: str, sort: str, profile: gr.OAuthProfile | None,
                 token: gr.OAuthToken | None):
     """Start the judge in the background, then read it. The job goes on if the page closes."""
@@ -545,7 +553,7 @@ async def judge(session: Session | None, template_name: str, custom_text: str, b
         template = session.resolve_template(template_name, custom_text)
         # A name to resolve (the public-endpoint check) must not hold up every visitor's event loop.
         choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
-        session.start_judge(template, choice)
+        session.start_judge(template, choice, reask=None if reask == TEMPLATE_REASK else reask)
     except CANNOT_START as exc:
         yield *render_review(session.review(filters, threshold, 1)), f"**Cannot start.** {exc}"
         return
@@ -895,6 +903,8 @@ def _judge_step(page: SimpleNamespace) -> None:
                                        elem_id="judge-custom-template")
         page.prompt_preview = gr.Textbox(label="The prompt for the first row", lines=8, interactive=False,
                                          elem_id="judge-prompt-preview")
+        page.reask = gr.Dropdown(REASK_CHOICES, value=TEMPLATE_REASK, label="Ask again after a reply with no score",
+                                 elem_id="judge-reask")
     with gr.Row():
         page.start = gr.Button("Start", variant="primary", elem_id="judge-start")
         page.stop = gr.Button("Stop", variant="stop", elem_id="judge-stop")
@@ -1069,7 +1079,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
                       api_name=False)
     for trigger in (p.template.change, p.custom_template.change):
         trigger(preview_prompt, [p.session, p.template, p.custom_template], p.prompt_preview, api_name=False)
-    judging = p.start.click(judge, [p.session, p.template, p.custom_template, *llm_inputs, *filters[:-1]],
+    judging = p.start.click(judge, [p.session, p.template, p.custom_template, p.reask, *llm_inputs, *filters[:-1]],
                             [*review_outputs, p.judge_status], api_name="judge", show_progress_on=[p.judge_status],
                             concurrency_limit=None)
     p.stop.click(stop_job, p.session, p.judge_status, api_name="stop")
@@ -1237,6 +1247,10 @@ def main() -> None:
     workspace.expire()
     lean_sessions()
     demo = create_app(workspace)
+    # What startup made (Gradio, pandas, the page) lives as long as the process: frozen, the collector stops
+    # walking it at every full collection, which with many visitors at once was ~10% of the app's CPU.
+    gc.collect()
+    gc.freeze()
     # Each event may run for many users at once; one visitor's jobs are capped by the session's job gate,
     # so a long job never queues another visitor's short one behind it.
     demo.queue(default_concurrency_limit=32, max_size=256)

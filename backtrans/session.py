@@ -30,6 +30,7 @@ from backtrans.records import (
     RecordsError,
     dataframe_rows,
     load_records,
+    missing,
     preview_columns,
     resolve_columns,
 )
@@ -47,6 +48,17 @@ SAMPLE_LABEL = "the bundled sample"
 
 class SessionError(RuntimeError):
     """Something the user asked for that cannot be done. The message is plain text, safe to show to them."""
+
+
+MAX_REASK = 3  # a visitor on the Space's key asks at most this many more times for one row
+
+
+def _reask(value: int | str | None) -> int | None:
+    if missing(value):
+        return None
+    if str(value) not in {str(n) for n in range(MAX_REASK + 1)}:
+        raise SessionError(f"Asking again takes a whole number of times from 0 to {MAX_REASK}, not {value!r}.")
+    return int(value)
 
 
 class LoadError(SessionError):
@@ -431,14 +443,14 @@ class Session:
             raise SessionError("Load some data first.")
         return self.workbench
 
-    def _prepare_judge(self, template: Template, choice: backends.Choice) -> _Prepared:
+    def _prepare_judge(self, template: Template, choice: backends.Choice, reask: int | None = None) -> _Prepared:
         from backtrans.judge import JudgeTask
 
         workbench = self._loaded_workbench()
         ready = workbench.frame["generation"].notna()
         if not ready.all():
             raise SessionError(f"{int((~ready).sum())} rows have no response: run Generate first.")
-        task = JudgeTask(template, choice.settings)
+        task = JudgeTask(template, choice.settings, reask=reask)
         self.template = template
         self.keep_by = workbench.keep_by = default_measure(template)
         return self._prepared(task, dataframe_rows(workbench.frame), list(range(len(workbench))), choice,
@@ -515,8 +527,10 @@ class Session:
         async for update in self._run(self._prepare_augment(files, seeds, filters, choice), every_s):
             yield update
 
-    def start_judge(self, template: Template, choice: backends.Choice, every_s: float = 0.5):
-        return self._start(self._prepare_judge(template, choice), every_s)
+    def start_judge(self, template: Template, choice: backends.Choice, every_s: float = 0.5,
+                    reask: int | str | None = None):
+        """`reask`: asks after a reply with no score (None: the template's `reask` setting; 0 to MAX_REASK)."""
+        return self._start(self._prepare_judge(template, choice, _reask(reask)), every_s)
 
     def start_generate(self, choice: backends.Choice, every_s: float = 0.5):
         return self._start(self._prepare_generate(choice), every_s)

@@ -240,6 +240,12 @@ def _parse_header(text: str, where: str) -> dict[str, object]:
 
 
 def parse_template(text: str, name: str, path: str = "") -> Template:
+    return _parsed(text, name, path)
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed(text: str, name: str, path: str) -> Template:
+    # Every judge start parses its template; a Template is frozen, so the same text can share one.
     where = path or name
     settings = _parse_header(text, where)
     try:

@@ -5,7 +5,7 @@ and 96 visitors at once through gradio_client, each in its own thread with a fil
 default), judged with the app's model. Prints, per crowd: p50 / p95 / max visitor time (upload to done), the
 app process's CPU per judged row, its RSS, and rows per second; first, the app's CPU with nobody on it.
 
-    python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR] [--profile P]
+    python bench/visitors.py [--visitors 1 16 48 96] [--rows 40] [--latency 0.25] [--app-root DIR] [--profile P] [--pin]
 
 `--app-root` runs another checkout's app.py (an older commit, for before/after figures).
 """
@@ -42,6 +42,15 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def pin(app_pid: int, fake_pid: int) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    os.sched_setaffinity(app_pid, {cores[-1]})
+    for pid in (fake_pid, 0):  # 0: this process, the visitors' threads
+        os.sched_setaffinity(pid, set(cores[:-1]))
 
 
 def visit(url: str, path: Path, times: list[float], errors: list[str], start: threading.Barrier) -> None:
@@ -102,6 +111,8 @@ def main() -> None:
     parser.add_argument("--app-root", type=Path, default=ROOT)
     parser.add_argument("--profile", type=Path, metavar="PREFIX", help="record py-spy (raw stacks) on the app during "
                         "each crowd's measured window (clients already connected) to PREFIX.N.raw")
+    parser.add_argument("--pin", action="store_true", help="the app on a core of its own, the visitors and the fake "
+                        "server on the others: as on a Space, whose visitors are not on its machine")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="backtrans-visitors-"))
     fake = FakeProcess("--latency", str(args.latency))
@@ -111,6 +122,8 @@ def main() -> None:
                              "BACKTRANS_MAX_CONCURRENCY": "256", "BACKTRANS_OAUTH": "0",
                              "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                              "HF_HUB_DISABLE_TELEMETRY": "1"}, root=args.app_root.resolve())
+    if args.pin:
+        pin(app.process.pid, fake.process.pid)
     print(f"app: {args.app_root.resolve()}; {args.rows} pairs a visitor, {args.latency * 1000:.0f} ms a call, "
           f"concurrency {JUDGE['concurrency']} a visitor")
     cpu_before = cpu_seconds(app.process.pid)

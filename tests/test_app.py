@@ -40,6 +40,23 @@ def test_named_endpoints_through_gradio_client(fake_process, tmp_path):
         assert "Loaded **1** pairs from `my own file.jsonl`" in message  # the name the user knows
         runs = client.predict(api_name="/list_runs")
         assert [label.split(" · ")[2] for label, _ in runs["choices"]] == ["the bundled sample"]
+
+        # Re-ask, the judge's setting in the page: a reply with no score is asked again as often as it says.
+        src = write_jsonl(tmp_path / "unsure.jsonl", [
+            {"instruction": "parses on the second ask [[score=5]] [[no-score=1]]", "generation": "a"},
+            {"instruction": "never parses [[no-score=9]]", "generation": "b"}])
+        upload(client, src)
+        before = server.stats()["requests"]
+        *_, status = client.predict(**{**JUDGE, "reask": "0"}, api_name="/judge")
+        assert "0 ok · 2 parse errors" in status and "re-ask" not in status
+        assert server.stats()["requests"] - before == 2
+        *_, status = client.predict(**{**JUDGE, "reask": "2"}, api_name="/judge")  # the stored parse errors again
+        assert "1 ok · 1 parse errors" in status and "3 re-asks (1 parsed on one)" in status
+        assert server.stats()["requests"] - before == 2 + 1 + 2
+        upload(client, write_jsonl(tmp_path / "unsure 2.jsonl", [
+            {"instruction": "the template's setting [[score=3]] [[no-score=1]]", "generation": "c"}]))
+        *_, status = client.predict(**JUDGE, api_name="/judge")  # empty: the template's setting (1)
+        assert "1 ok · 0 parse errors" in status and "1 re-ask (1 parsed on one)" in status
     finally:
         served.stop()
 
