@@ -1215,7 +1215,7 @@ class _LeanBlocks(gr.Blocks):
         changed = [i for i, value in enumerate(predictions) if not _skipped(value)]
         if len(changed) == len(outputs):
             return await super().postprocess_data(block_fn, predictions, state)
-        done = [gr.skip() for _ in outputs]
+        done = [None if block.stateful else gr.skip() for block in outputs]  # what Gradio sends for each
         if changed:
             part = copy.copy(block_fn)
             part.outputs = [outputs[i] for i in changed]

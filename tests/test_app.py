@@ -415,18 +415,19 @@ def test_lean_blocks_send_the_page_what_gradio_sends_for_skipped_and_changed_out
             table = gr.Dataframe(pd.DataFrame({"a": [1]}))
             note = gr.Markdown()
             button = gr.Button()
+            kept = gr.State("first")
 
             def mixed(value):
-                return gr.skip(), f"**{value}**", gr.skip(), gr.update(interactive=False)
+                return gr.skip(), f"**{value}**", gr.skip(), gr.update(interactive=False), gr.skip()
 
             def table_only(value):
-                return pd.DataFrame({"a": [len(value)], "b": [value]}), gr.skip(), gr.skip(), gr.skip()
+                return pd.DataFrame({"a": [len(value)], "b": [value]}), gr.skip(), gr.skip(), gr.skip(), value
 
             def nothing(value):
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
             for fn in (mixed, table_only, nothing):
-                text.submit(fn, text, [table, note, text, button])
+                text.submit(fn, text, [table, note, text, button, kept])
         return demo
 
     async def outputs(demo) -> list:
@@ -437,9 +438,11 @@ def test_lean_blocks_send_the_page_what_gradio_sends_for_skipped_and_changed_out
         for fn in demo.fns.values():
             result = await demo.process_api(fn, ["<b>x</b>"], state=state)
             results.append(result["data"])
-        return results
+        kept = next(block for block in demo.blocks.values() if isinstance(block, gr.State))
+        return [*results, state[kept._id]]
 
     gradio_s, lean = asyncio.run(outputs(build(gr.Blocks))), asyncio.run(outputs(build(app._LeanBlocks)))
     assert lean == gradio_s
     assert lean[0][1] == "**<b>x</b>**" and lean[0][3]["interactive"] is False
-    assert lean[1][0]["data"] == [[len("<b>x</b>"), "<b>x</b>"]] and lean[2] == [{"__type__": "update"}] * 4
+    assert lean[1][0]["data"] == [[len("<b>x</b>"), "<b>x</b>"]] and lean[2] == [{"__type__": "update"}] * 4 + [None]
+    assert lean[-1] == "<b>x</b>"  # the State the second event set, kept through the third's skip
