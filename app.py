@@ -542,23 +542,50 @@ def _preview_drawer(session: Session):
     return draw
 
 
+async def _start_and_follow(session: Session, filters: Filters, threshold: float, start):
+    """`await start()` starts a judge job in the background; then the Review step follows it to its end."""
+    try:
+        await start()
+    except CANNOT_START as exc:
+        yield *render_review(session.review(filters, threshold, 1)), f"**Cannot start.** {exc}"
+        return
+    async for drawn in _follow(session, _review_drawer(session, filters, threshold)):
+        yield drawn
+
+
 async def judge(session: Session | None, template_name: str, custom_text: str, reask: str, backend: str,
                 model: str, base_url: str, api_key: str, concurrency: float, threshold: float, min_score: float,
                 max_score: float, statuses: list[str], text: str, sort: str, profile: gr.OAuthProfile | None,
                 token: gr.OAuthToken | None):
     """Start the judge in the background, then read it. The job goes on if the page closes."""
     session = _session(session, profile)
-    filters = Filters(min_score, max_score, tuple(statuses or ()), text, sort)
-    try:
+
+    async def start() -> None:
         template = session.resolve_template(template_name, custom_text)
         # A name to resolve (the public-endpoint check) must not hold up every visitor's event loop.
         choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
         session.start_judge(template, choice, reask=None if reask == TEMPLATE_REASK else reask)
-    except CANNOT_START as exc:
-        yield *render_review(session.review(filters, threshold, 1)), f"**Cannot start.** {exc}"
-        return
-    async for drawn in _follow(session, _review_drawer(session, filters, threshold)):
+
+    async for drawn in _start_and_follow(session, Filters(min_score, max_score, tuple(statuses or ()), text, sort),
+                                         threshold, start):
         yield drawn
+
+
+async def rejudge(session: Session | None, reask: str, backend: str, model: str, base_url: str, api_key: str,
+                  concurrency: float, threshold: float, min_score: float, max_score: float, statuses: list[str],
+                  text: str, sort: str, profile: gr.OAuthProfile | None, token: gr.OAuthToken | None):
+    """After a pull: the pairs no reviewer decided, judged again with the reviewers' overrulings as examples."""
+    session = _session(session, profile)
+
+    async def start() -> None:
+        choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
+        session.start_rejudge(choice, reask=None if reask == TEMPLATE_REASK else reask)
+
+    async for *drawn, status in _start_and_follow(
+            session, Filters(min_score, max_score, tuple(statuses or ()), text, sort), threshold, start):
+        examples = session.workbench.examples_used if session.workbench is not None else 0
+        yield *drawn, (f"With {counted(examples, 'reviewed example')} ahead of the template: {status}"
+                       if examples and "Cannot start" not in status else status)
 
 
 async def follow_judge(session: Session | None, threshold: float, min_score: float, max_score: float,
@@ -956,6 +983,8 @@ def _review_step(page: SimpleNamespace) -> None:
         page.estimates_text = gr.Markdown(elem_id="review-estimates")
         with gr.Row():
             page.align = gr.Button("Align the judge with the reviewers", elem_id="align-judge")
+            page.rejudge = gr.Button("Judge the unreviewed pairs again, with the reviewers' overrulings as examples",
+                                     elem_id="rejudge")
         page.align_report = gr.Markdown(elem_id="align-report")
         with gr.Row():
             page.calibration_plot = gr.LinePlot(x="x", y="value", color="series", elem_id="calibration-curve",
@@ -1120,6 +1149,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace) -> None:
     p.target_precision.change(review_estimates, [p.session, p.target_precision], estimate_outputs,
                               api_name="review_estimates")
     p.align.click(align_judge, p.session, [p.align_report, p.keep_by], api_name="align_judge")
+    refresh_export(p.rejudge.click(rejudge, [p.session, p.reask, *llm_inputs, *filters[:-1]],
+                                   [*review_outputs, p.align_report], api_name="rejudge", concurrency_limit=None))
     p.adopt.click(adopt_threshold, [p.session, p.suggested_threshold], [p.threshold, p.keep_by], api_name=False)
     p.plan_button.click(plan_review, [p.session, p.budget, p.plan_seed, p.overlap_share, p.threshold],
                         [p.plan_summary, p.plan_makeup], api_name="plan_review")

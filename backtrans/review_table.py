@@ -55,6 +55,7 @@ class Workbench:
     # Bumped at every change, and per row the version it last changed at: a page redraws only what moved.
     version: int = 0
     row_versions: dict[int, int] = field(default_factory=dict)
+    examples_used: int = 0  # reviewed examples in the prompt that scored the unreviewed rows (0: the first judge)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:

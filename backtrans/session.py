@@ -51,6 +51,7 @@ class SessionError(RuntimeError):
 
 
 MAX_REASK = 3  # a visitor on the Space's key asks at most this many more times for one row
+REJUDGE_EXAMPLES = 6  # overruled pairs put ahead of the template (each cut to align.EXAMPLE_CHARS)
 
 
 def _reask(value: int | str | None) -> int | None:
@@ -452,8 +453,39 @@ class Session:
             raise SessionError(f"{int((~ready).sum())} rows have no response: run Generate first.")
         task = JudgeTask(template, choice.settings, reask=reask)
         self.template = template
+        workbench.examples_used = 0
         self.keep_by = workbench.keep_by = default_measure(template)
         return self._prepared(task, dataframe_rows(workbench.frame), list(range(len(workbench))), choice,
+                              workbench.set_result)
+
+    def _prepare_rejudge(self, choice: backends.Choice, reask: int | None, limit: int) -> _Prepared:
+        from backtrans import align
+        from backtrans.judge import JudgeTask
+
+        workbench = self._scored_workbench("then pull the reviewers' decisions.")
+        frame = workbench.frame
+        if "human_keep" not in frame or not frame["human_keep"].notna().any():
+            raise SessionError("Pull the reviewers' decisions first.")
+        judged_by = measure_in(frame, default_measure(self.template))
+        rows = workbench.all_rows()
+        try:
+            align.check_reviews(rows, judged_by)
+        except align.AlignError as exc:
+            raise SessionError(str(exc)) from None
+        examples = align.overruled(rows, self._threshold(), judged_by, limit)
+        if not examples:
+            raise SessionError("The reviewers agreed with the judge on every pair they decided: there is no example "
+                               "to learn from.")
+        unreviewed = [int(i) for i in frame.index[frame["human_keep"].isna()]]
+        if not unreviewed:
+            raise SessionError("Every pair has a reviewer's decision: there is nothing to judge again.")
+        task = JudgeTask(self.template, choice.settings, reask=reask, examples=examples)
+        workbench.examples_used = len(examples)
+        if "aligned_score" in frame:  # fitted on the first judge: it would not describe the new scores
+            workbench.frame = frame.drop(columns=["aligned_score"])
+            if self.keep_by == "aligned_score":
+                self.keep_by = workbench.keep_by = default_measure(self.template)
+        return self._prepared(task, dataframe_rows(workbench.frame.loc[unreviewed]), unreviewed, choice,
                               workbench.set_result)
 
     def _prepare_generate(self, choice: backends.Choice) -> _Prepared:
@@ -531,6 +563,14 @@ class Session:
                     reask: int | str | None = None):
         """`reask`: asks after a reply with no score (None: the template's `reask` setting; 0 to MAX_REASK)."""
         return self._start(self._prepare_judge(template, choice, _reask(reask)), every_s)
+
+    def start_rejudge(self, choice: backends.Choice, every_s: float = 0.5, reask: int | str | None = None,
+                      examples: int = REJUDGE_EXAMPLES):
+        """After a pull: judge again the pairs no reviewer decided, with the pairs the reviewers overruled (and their
+        notes) as examples ahead of the template (align.overruled). The reviewed pairs keep the first judge's
+        scores and their reviewers' decisions. Through the run store: a rerun with the same examples costs
+        nothing. Too few reviews, none that overruled the judge, or no pair left: SessionError."""
+        return self._start(self._prepare_rejudge(choice, _reask(reask), examples), every_s)
 
     def start_generate(self, choice: backends.Choice, every_s: float = 0.5):
         return self._start(self._prepare_generate(choice), every_s)
@@ -761,6 +801,11 @@ class Session:
         from backtrans import align
 
         workbench = self._scored_workbench()
+        if workbench.examples_used:
+            raise SessionError("The pairs no reviewer decided were judged again with the reviewers' examples, the "
+                               "reviewed ones were not: a calibration fitted on the ones would not describe the "
+                               "others. Judge again without examples (Start) to align here, or use `backtrans "
+                               "align --rejudge` for a cross-validated report on the judge with examples.")
         threshold = self._threshold()
         try:
             judged_by = measure_in(workbench.frame, default_measure(self.template))  # the judge's own measure

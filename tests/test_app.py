@@ -57,6 +57,11 @@ def test_named_endpoints_through_gradio_client(fake_process, tmp_path):
             {"instruction": "the template's setting [[score=3]] [[no-score=1]]", "generation": "c"}]))
         *_, status = client.predict(**JUDGE, api_name="/judge")  # empty: the template's setting (1)
         assert "1 ok · 0 parse errors" in status and "1 re-ask (1 parsed on one)" in status
+
+        # Judging again with the reviewers' examples needs their decisions: refused, in words, before any pull.
+        settings = {key: value for key, value in JUDGE.items() if key not in ("template_name", "custom_text")}
+        *_, status = client.predict(**settings, api_name="/rejudge")
+        assert status == "**Cannot start.** Pull the reviewers' decisions first."
     finally:
         served.stop()
 

@@ -542,3 +542,46 @@ def test_the_judge_learns_from_its_reviewers_as_a_measure_the_review_keeps_by(wo
     kept_unreviewed = session.workbench.with_decisions(0.5)[unreviewed]["final_keep"]
     assert set(frame.loc[unreviewed & kept_unreviewed, "score"]) == {5}  # the 4s the judge would keep are not
     assert sum(b.kept + b.discarded for b in view.bins) == 60 and all(b.high <= 1.1 for b in view.bins)
+
+
+def test_the_unreviewed_pairs_are_judged_again_with_the_reviewers_overrulings_as_examples(workspace, fake_llm,
+                                                                                        tmp_path):
+    rows = [{"instruction": f"question {i} [[score={1 + i % 5}]]", "generation": f"answer {i}"} for i in range(60)]
+    session = _session(workspace, "rejudger")
+    session.inspect_upload(str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "pairs.jsonl")
+    session.load_upload("instruction", "generation")
+    _judge(session, fake_llm, template="humpback-short")
+    choice = _choice(fake_llm)
+
+    def rejudge():
+        async def go():
+            job = session.start_rejudge(choice, every_s=0)
+            while job.running:
+                await asyncio.sleep(0.02)
+            return job
+        return asyncio.run(go())
+
+    with pytest.raises(SessionError, match="Pull the reviewers"):
+        rejudge()
+    frame = session.workbench.frame
+    frame["human_keep"] = [bool(score >= 5) if i < 6 else None for i, score in enumerate(frame["score"])]
+    with pytest.raises(SessionError, match=r"6 reviewed pairs .*at least 20"):  # too few to say anything
+        rejudge()
+    # A reviewer stricter than the judge: keeps only the 5s of the first 30 pairs.
+    frame["human_keep"] = [bool(score >= 5) if i < 30 else None for i, score in enumerate(frame["score"])]
+    first_scores = frame["score"].copy()
+    before = fake_llm.requests
+    job = rejudge()
+    assert job.state == "done" and job.progress.done == 30
+    assert fake_llm.requests - before == 30  # the 30 unreviewed pairs, no more
+    sent = list(fake_llm.recent_prompts)[-30:]
+    prefix = sent[0][: sent[0].index("## The new pair")]
+    assert all(prompt.startswith(prefix) for prompt in sent)  # one fixed block: the prompt cache reads it once
+    assert "Reviewed example 1" in prefix and "DISCARDED" in prefix and "[[score=4]]" in prefix  # a 4 they dropped
+    frame = session.workbench.frame
+    assert frame["score"][:30].equals(first_scores[:30])  # the reviewed pairs keep the first judge's scores
+    assert session.workbench.examples_used == len(prefix.split("## Reviewed example")) - 1 > 0
+    with pytest.raises(SessionError, match="judged again with the reviewers' examples"):
+        session.align()  # a calibration on the first judge would not describe the new scores
+    again = rejudge()
+    assert fake_llm.requests - before == 30 and again.progress.cached == 30  # a rerun costs nothing
