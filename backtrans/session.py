@@ -453,10 +453,13 @@ class Session:
             raise SessionError(f"{int((~ready).sum())} rows have no response: run Generate first.")
         task = JudgeTask(template, choice.settings, reask=reask)
         self.template = template
-        workbench.examples_used = 0
         self.keep_by = workbench.keep_by = default_measure(template)
-        return self._prepared(task, dataframe_rows(workbench.frame), list(range(len(workbench))), choice,
-                              workbench.set_result)
+
+        def apply(index: int, result: dict) -> None:
+            workbench.examples_used = 0  # from the first row on, the scores are this judge's again
+            workbench.set_result(index, result)
+
+        return self._prepared(task, dataframe_rows(workbench.frame), list(range(len(workbench))), choice, apply)
 
     def _prepare_rejudge(self, choice: backends.Choice, reask: int | None, limit: int) -> _Prepared:
         from backtrans import align
@@ -480,13 +483,17 @@ class Session:
         if not unreviewed:
             raise SessionError("Every pair has a reviewer's decision: there is nothing to judge again.")
         task = JudgeTask(self.template, choice.settings, reask=reask, examples=examples)
-        workbench.examples_used = len(examples)
-        if "aligned_score" in frame:  # fitted on the first judge: it would not describe the new scores
-            workbench.frame = frame.drop(columns=["aligned_score"])
-            if self.keep_by == "aligned_score":
-                self.keep_by = workbench.keep_by = default_measure(self.template)
-        return self._prepared(task, dataframe_rows(workbench.frame.loc[unreviewed]), unreviewed, choice,
-                              workbench.set_result)
+
+        def apply(index: int, result: dict) -> None:
+            if workbench.examples_used != len(examples):  # the first row in: the scores start to change
+                workbench.examples_used = len(examples)
+                if "aligned_score" in workbench.frame:  # fitted on the first judge: it would not describe these
+                    workbench.frame = workbench.frame.drop(columns=["aligned_score"])
+                    if self.keep_by == "aligned_score":
+                        self.keep_by = workbench.keep_by = default_measure(self.template)
+            workbench.set_result(index, result)
+
+        return self._prepared(task, dataframe_rows(frame.loc[unreviewed]), unreviewed, choice, apply)
 
     def _prepare_generate(self, choice: backends.Choice) -> _Prepared:
         from backtrans.generate import ResponseTask

@@ -570,6 +570,8 @@ def test_the_unreviewed_pairs_are_judged_again_with_the_reviewers_overrulings_as
     # A reviewer stricter than the judge: keeps only the 5s of the first 30 pairs.
     frame["human_keep"] = [bool(score >= 5) if i < 30 else None for i, score in enumerate(frame["score"])]
     first_scores = frame["score"].copy()
+    session.align()  # a calibration of the first judge, kept by: the judge with examples must not inherit it
+    session.set_keep_by("aligned_score")
     before = fake_llm.requests
     job = rejudge()
     assert job.state == "done" and job.progress.done == 30
@@ -583,5 +585,9 @@ def test_the_unreviewed_pairs_are_judged_again_with_the_reviewers_overrulings_as
     assert session.workbench.examples_used == len(prefix.split("## Reviewed example")) - 1 > 0
     with pytest.raises(SessionError, match="judged again with the reviewers' examples"):
         session.align()  # a calibration on the first judge would not describe the new scores
+    assert "aligned_score" not in frame and session.keep_by == "expected_score"
     again = rejudge()
     assert fake_llm.requests - before == 30 and again.progress.cached == 30  # a rerun costs nothing
+    _judge(session, fake_llm, template="humpback-short")  # the first judge again, from the store
+    assert fake_llm.requests - before == 30 and session.workbench.examples_used == 0
+    assert session.align().reviewed == 30
