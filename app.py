@@ -469,6 +469,10 @@ REASK_CHOICES = [("as the template says (1 for the bundled ones)", TEMPLATE_REAS
                  *((f"up to {n} {'time' if n == 1 else 'times'}", str(n)) for n in range(1, MAX_REASK + 1))]
 
 
+def _reask_setting(choice: str) -> str | None:
+    return None if choice == TEMPLATE_REASK else choice
+
+
 def render_job(job) -> str:
     """What a job is doing, from its first second: starting, waiting for the first reply, rows and rate, the end."""
     progress = job.progress
@@ -564,7 +568,7 @@ async def judge(session: Session | None, template_name: str, custom_text: str, r
         template = session.resolve_template(template_name, custom_text)
         # A name to resolve (the public-endpoint check) must not hold up every visitor's event loop.
         choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
-        session.start_judge(template, choice, reask=None if reask == TEMPLATE_REASK else reask)
+        session.start_judge(template, choice, reask=_reask_setting(reask))
 
     async for drawn in _start_and_follow(session, Filters(min_score, max_score, tuple(statuses or ()), text, sort),
                                          threshold, start):
@@ -577,15 +581,19 @@ async def rejudge(session: Session | None, reask: str, backend: str, model: str,
     """After a pull: the pairs no reviewer decided, judged again with the reviewers' overrulings as examples."""
     session = _session(session, profile)
 
+    started = False
+
     async def start() -> None:
+        nonlocal started
         choice = await asyncio.to_thread(_backend, session, backend, model, base_url, api_key, concurrency, token)
-        session.start_rejudge(choice, reask=None if reask == TEMPLATE_REASK else reask)
+        session.start_rejudge(choice, reask=_reask_setting(reask))
+        started = True
 
     async for *drawn, status in _start_and_follow(
             session, Filters(min_score, max_score, tuple(statuses or ()), text, sort), threshold, start):
-        examples = session.workbench.examples_used if session.workbench is not None else 0
+        examples = session.workbench.examples_used if started else 0  # set once the first row is in
         yield *drawn, (f"With {counted(examples, 'reviewed example')} ahead of the template: {status}"
-                       if examples and "Cannot start" not in status else status)
+                       if examples else status)
 
 
 async def follow_judge(session: Session | None, threshold: float, min_score: float, max_score: float,
@@ -1257,8 +1265,11 @@ class _LeanBlocks(gr.Blocks):
         return done
 
 
+SKIP = gr.skip()
+
+
 def _skipped(value: object) -> bool:
-    return isinstance(value, dict) and value == {"__type__": "update"}
+    return isinstance(value, dict) and value == SKIP
 
 
 def lean_sessions() -> None:

@@ -466,9 +466,7 @@ class Session:
         from backtrans.judge import JudgeTask
 
         workbench = self._scored_workbench("then pull the reviewers' decisions.")
-        frame = workbench.frame
-        if "human_keep" not in frame or not frame["human_keep"].notna().any():
-            raise SessionError("Pull the reviewers' decisions first.")
+        frame = self._decided_frame()
         judged_by = measure_in(frame, default_measure(self.template))
         rows = workbench.all_rows()
         try:
@@ -722,6 +720,13 @@ class Session:
         shared = on_space() or os.environ.get("BACKTRANS_ARGILLA_PER_OWNER") == "1"
         return f"{name}-{self.owner.slug}" if shared and not name.endswith(self.owner.slug) else name
 
+    def _decided_frame(self) -> pd.DataFrame:
+        """The rows, once reviewers' decisions were pulled into them."""
+        frame = self.workbench.frame if self.workbench is not None else None
+        if frame is None or "human_keep" not in frame or not frame["human_keep"].notna().any():
+            raise SessionError("Pull reviewers' decisions first.")
+        return frame
+
     def _scored_workbench(self, why: str = "") -> Workbench:
         workbench = self.workbench
         if workbench is None or not workbench.frame["score"].notna().any():
@@ -790,9 +795,7 @@ class Session:
         the threshold that keeps the most pairs at the target precision, and agreement between reviewers."""
         from backtrans import review
 
-        frame = self.workbench.frame if self.workbench is not None else None
-        if frame is None or "human_keep" not in frame or not frame["human_keep"].notna().any():
-            raise SessionError("Pull reviewers' decisions first.")
+        frame = self._decided_frame()
         by = self.measure()
         return Estimates(
             reviewed=int(frame["human_keep"].notna().sum()), by=by, target_precision=float(target_precision),

@@ -61,7 +61,7 @@ def test_named_endpoints_through_gradio_client(fake_process, tmp_path):
         # Judging again with the reviewers' examples needs their decisions: refused, in words, before any pull.
         settings = {key: value for key, value in JUDGE.items() if key not in ("template_name", "custom_text")}
         *_, status = client.predict(**settings, api_name="/rejudge")
-        assert status == "**Cannot start.** Pull the reviewers' decisions first."
+        assert status == "**Cannot start.** Pull reviewers' decisions first."
     finally:
         served.stop()
 

@@ -561,7 +561,7 @@ def test_the_unreviewed_pairs_are_judged_again_with_the_reviewers_overrulings_as
             return job
         return asyncio.run(go())
 
-    with pytest.raises(SessionError, match="Pull the reviewers"):
+    with pytest.raises(SessionError, match="Pull reviewers' decisions first"):
         rejudge()
     frame = session.workbench.frame
     frame["human_keep"] = [bool(score >= 5) if i < 6 else None for i, score in enumerate(frame["score"])]
