@@ -338,6 +338,14 @@ def _make_transport(settings: LLMSettings):
     return _SDKTransport(settings)
 
 
+def _has_httptools() -> bool:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _endpoint(settings: LLMSettings) -> str:
     base = settings.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     return base.rstrip("/") + "/chat/completions"
@@ -388,8 +396,45 @@ class _LeanTransport:
                 self.proxy, self.proxy_auth = get_env_proxy_for_url(yarl.URL(self.url))
         except LookupError:
             pass
+        # Requests go straight over keep-alive HTTP/1.1 (backtrans.http1) unless a proxy is in the way;
+        # BACKTRANS_HTTP1=0 sends them all through aiohttp instead.
+        self.direct = self.proxy is None and os.environ.get("BACKTRANS_HTTP1", "1") != "0" and _has_httptools()
+        self.pool = None
+        self.secret = settings.api_key
 
     async def post(self, request: dict) -> dict:
+        if self.direct:
+            return await self._post_direct(request)
+        return await self._post_aiohttp(request)
+
+    async def _post_direct(self, request: dict) -> dict:
+        from backtrans import http1
+
+        guard = self.guard
+        try:
+            if self.pool is None:
+                self.pool = http1.Pool(self.url, self.headers, connect_timeout=self.timeout.sock_connect,
+                                       read_timeout=self.timeout.sock_read, limit=self.limit, keepalive_s=30.0,
+                                       answers=guard.answers if guard is not None else None)
+            reply = await self.pool.post(self.dumps(request))
+        except egress.EgressRefused:
+            raise
+        except TimeoutError as exc:
+            raise TransportError(f"Request timed out. ({type(exc).__name__})", True) from None
+        except (OSError, ValueError) as exc:  # ValueError: a URL or key no HTTP request can carry
+            raise TransportError(f"Connection error. ({type(exc).__name__}: {redact(str(exc), self.secret)})",
+                                 False) from None
+        if 300 <= reply.status < 400 and guard is None and "location" in reply.headers:
+            return await self._post_aiohttp(request)  # rare for an LLM API: aiohttp follows the redirect
+        return self._result(reply.status, reply.body, reply.headers.get("retry-after"))
+
+    def _result(self, status: int, body: bytes, retry_after: str | None) -> dict:
+        if status >= 400 or (self.guard is not None and status >= 300):
+            raise HTTPStatusError(status, _error_message(body, self.loads) if status >= 400 else NO_REDIRECTS,
+                                  _seconds(retry_after))
+        return self.loads(body)
+
+    async def _post_aiohttp(self, request: dict) -> dict:
         aiohttp = self.aiohttp
         guard = self.guard
         if self.session is None:  # created inside the running loop, as aiohttp requires
@@ -412,12 +457,12 @@ class _LeanTransport:
             if guard is not None and (egress.refused_in(exc) or isinstance(exc, aiohttp.InvalidURL)):
                 raise egress.EgressRefused() from None
             raise TransportError(f"Connection error. ({type(exc).__name__}: {exc})", False) from None
-        if status >= 400 or (guard is not None and status >= 300):
-            raise HTTPStatusError(status, _error_message(body, self.loads) if status >= 400 else NO_REDIRECTS,
-                                  _seconds(retry_after))
-        return self.loads(body)
+        return self._result(status, body, retry_after)
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         if self.session is not None:
             await self.session.close()
             self.session = None
