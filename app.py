@@ -28,7 +28,7 @@ from backtrans.export import FORMATS as EXPORT_FORMATS
 from backtrans.limits import LimitError
 from backtrans.owners import BROWSER_ID, new_browser_id, on_space, owner_for
 from backtrans.records import SUFFIXES, missing
-from backtrans.review_table import SORTS, STATUSES, Filters
+from backtrans.review_table import SORTS, STATUSES, Filters, plain_value
 from backtrans.session import CUSTOM_TEMPLATE, MAX_REASK, NoSuchRun, Session, SessionError
 from backtrans.templates import TemplateError, default_template, list_templates, load_template
 from backtrans.workspace import Workspace
@@ -134,15 +134,17 @@ def _shorten(value: object) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
 
 
-def render_review_table(view) -> pd.DataFrame:
-    """One page of the review: the verdict first, long texts shortened, earlier rounds' scores beside this one's."""
+def render_review_table(view) -> dict:
+    """One page of the review: the verdict first, long texts shortened, earlier rounds' scores beside this one's.
+    As Dataframe's own `{"headers", "data"}`: a frame built here only for Gradio to take apart again cost more
+    than the rest of a running job's redraw."""
     rows = view.rows
     earlier = sorted(c for c in rows.columns if c.startswith("score_r") and c[7:].isdigit())
     columns = REVIEW_COLUMNS[:1] + earlier + REVIEW_COLUMNS[1:]
     if not view.has_expected:
         columns.remove("expected_score")  # a judge without digit probabilities: no empty column
-    # Built once from columns and lists, not by pandas operations: every running job's page redraws this.
-    shown = {column: rows[column] if column in rows else [None] * len(rows) for column in columns}
+    shown = {column: [plain_value(value) for value in rows[column].tolist()] if column in rows
+             else [None] * len(rows) for column in columns if column not in ("verdict", "judge")}
     if len(rows) and "final_keep" in rows:
         # A row the judge has not answered yet is pending, never a verdict (unless a person already decided it).
         pending = [missing(status) for status in rows["status"].tolist()]
@@ -153,8 +155,9 @@ def render_review_table(view) -> pd.DataFrame:
                           for keep, wait in zip(rows["judge_keep"].tolist(), pending, strict=True)]
     for column in ("instruction", "generation", "reason"):
         shown[column] = [_shorten(value) for value in shown[column]]
-    return pd.DataFrame({HEADERS.get(column, column): values for column, values in shown.items()},
-                        index=rows.index)
+    cells = [shown.get(column, [None] * len(rows)) for column in columns]
+    return {"headers": [HEADERS.get(column, column) for column in columns],
+            "data": [list(row) for row in zip(*cells, strict=True)]}
 
 
 def render_histogram(view) -> pd.DataFrame:

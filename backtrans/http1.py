@@ -18,6 +18,8 @@ returned as it is), no proxies, no cookies, no streaming.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import socket
 import ssl
 import time
@@ -195,7 +197,7 @@ class Pool:
         self.keepalive_s = keepalive_s
         self.answers = answers or _resolve
         self.ssl_context = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if self.scheme == "https" else None)
+            _default_tls() if self.scheme == "https" else None)
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(limit)
         self._open: set[_Connection] = set()
@@ -262,7 +264,19 @@ class Pool:
         self._idle.clear()
 
 
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    """One verifying context for every pool: loading the CA bundle costs milliseconds, and a job makes a pool."""
+    return ssl.create_default_context()
+
+
 async def _resolve(host: str, port: int) -> list[tuple[int, str]]:
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # nothing to look up: no trip through the resolver's thread pool for each new connection
+        return [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, str(literal))]
     answers: list[tuple[int, str]] = []
     loop = asyncio.get_running_loop()
     for family, _, _, _, sockaddr in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):

@@ -73,15 +73,16 @@ class Workbench:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, source_name: str = "") -> Workbench:
-        frame = frame.reset_index(drop=True)
+        # One frame built from its columns: adding the result columns one at a time cost more than reading the file.
+        size = len(frame)
+        columns: dict[str, object] = {} if "row" in frame else {"row": np.arange(size)}
+        columns.update((name, values.array) for name, values in frame.items())  # .array: no index to align
         for column in RESULT_COLUMNS:
-            if column not in frame:
-                frame[column] = None
-        frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("Float64")
-        frame["expected_score"] = pd.to_numeric(frame["expected_score"], errors="coerce").astype("Float64")
-        if "row" not in frame:
-            frame.insert(0, "row", range(len(frame)))
-        return cls(_frame=frame, source_name=source_name)
+            columns.setdefault(column, np.full(size, None, dtype=object))
+        for column in ("score", "expected_score"):
+            columns[column] = pd.array(pd.to_numeric(pd.Series(columns[column], dtype=object), errors="coerce")
+                                       .to_numpy(dtype=float, na_value=np.nan), dtype="Float64")
+        return cls(_frame=pd.DataFrame(columns, index=pd.RangeIndex(size)), source_name=source_name)
 
     def __len__(self) -> int:
         return len(self._frame)

@@ -73,7 +73,7 @@ class Template:
     description: str = ""
     variables: tuple[str, ...] = field(default=())
 
-    @property
+    @functools.cached_property  # read for every row's cache key
     def digest(self) -> str:
         """Content hash: a cached result is reused only for the very same template text."""
         return hashlib.sha256(self.source.encode()).hexdigest()[:16]
