@@ -1281,6 +1281,9 @@ def lean_sessions() -> None:
 
 
 QUEUE_POLL_S = 0.02
+# Gradio runs at most `max_threads` events at once (40 by default), and a page following its job holds one for the
+# job's length: with more visitors than that, the next visitor's upload waited behind others' progress bars.
+QUEUE_SLOTS = 256
 
 
 def main() -> None:
@@ -1298,7 +1301,7 @@ def main() -> None:
     gc.freeze()
     # Each event may run for many users at once; one visitor's jobs are capped by the session's job gate,
     # so a long job never queues another visitor's short one behind it.
-    demo.queue(default_concurrency_limit=32, max_size=256)
+    demo.queue(default_concurrency_limit=32, max_size=QUEUE_SLOTS)
     # Gradio's queue looks for new events every millisecond when it has a free slot: 5% of a core while nobody
     # is there, and a busier event loop when many are. 20 ms is below what a person notices.
     demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = QUEUE_POLL_S, 10 * QUEUE_POLL_S
@@ -1308,6 +1311,7 @@ def main() -> None:
         show_error=False,
         css=TABLE_CSS,  # Gradio 6 takes page styles at launch
         max_file_size=f"{workspace.limits.upload_mb}mb" if workspace.limits.upload_mb else None,
+        max_threads=QUEUE_SLOTS,
     )
 
 

@@ -110,24 +110,39 @@ class Workbench:
         for index, cells in pending.items():
             for column, value in cells.items():
                 columns.setdefault(column, {})[index] = value
+        positions: dict[tuple, np.ndarray] = {}  # a job's results fill the same rows in every result column
         for column, cells in columns.items():
             if column not in frame:
                 frame[column] = None
-            rows = frame.index.get_indexer(list(cells))
-            if (rows < 0).any():
-                raise KeyError(f"rows not in the table: {[i for i, r in zip(cells, rows, strict=True) if r < 0]}")
+            keys = tuple(cells)
+            rows = positions.get(keys)
+            if rows is None:
+                rows = positions[keys] = self._positions(keys)
             current = frame[column]
             if current.dtype == "Float64":
                 data = current.to_numpy(dtype=float, na_value=np.nan)
-                for row, value in zip(rows, cells.values(), strict=True):
+                for row, value in zip(rows.tolist(), cells.values(), strict=True):
                     data[row] = np.nan if missing(value) else float(value)
                 column_values = pd.array(data, dtype="Float64")  # NaN -> <NA>, as for a missing score
             else:
                 data = current.to_numpy(dtype=object, copy=True)
-                for row, value in zip(rows, cells.values(), strict=True):
+                for row, value in zip(rows.tolist(), cells.values(), strict=True):
                     data[row] = value
                 column_values = pd.Series(data, index=frame.index, dtype=object)
             frame.isetitem(frame.columns.get_loc(column), column_values)
+
+    def _positions(self, indexes: tuple) -> np.ndarray:
+        """Where the rows with these index labels are; KeyError for a label the table does not have."""
+        index, size = self._frame.index, len(self._frame)
+        rows = np.asarray(indexes)
+        if rows.dtype.kind in "iu" and isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+            absent = (rows < 0) | (rows >= size)  # from_frame's index: a label is its place
+        else:
+            rows = index.get_indexer(list(indexes))
+            absent = rows < 0
+        if absent.any():
+            raise KeyError(f"rows not in the table: {[i for i, gone in zip(indexes, absent, strict=True) if gone]}")
+        return rows
 
     def override(self, index: int, keep: bool | None) -> None:
         self._touch(index)
