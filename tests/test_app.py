@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import app
+from backtrans import local
 from tests.conftest import JUDGE, AppServer, LoopbackServer, QuietHandler, client_for, upload, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -338,6 +339,34 @@ def test_many_visitors_at_once_each_finish_with_their_own_rows(fake_process, tmp
         texts = json.dumps(table["data"])
         assert texts.count(f"VISITOR-{number} ") == 20 and "VISITOR-" not in texts.replace(f"VISITOR-{number} ", "")
     assert server.stats()["requests"] == 16 * 20  # every row asked once
+
+
+def test_an_upload_is_not_held_behind_more_running_jobs_than_gradios_forty_slots(fake_process, tmp_path):
+    # A page following its job holds one of Gradio's event slots for the job's length: with its default of 40,
+    # the 41st visitor's judge and every later upload waited until some job ended.
+    server = fake_process("--latency", "120")
+    served = AppServer(tmp_path, {"OPENAI_BASE_URL": server.url, "BACKTRANS_MODEL": "m"})
+    try:
+        def start(number: int) -> None:
+            client = client_for(served.url)
+            upload(client, write_jsonl(tmp_path / f"stalled-{number}.jsonl", [{"instruction": "q", "generation": "a"}]))
+            client.submit(**JUDGE, api_name="/judge")  # followed by its page until the app stops
+
+        starters = [threading.Thread(target=start, args=(n,)) for n in range(41)]
+        for thread in starters:
+            thread.start()
+        for thread in starters:
+            thread.join(timeout=120)
+        local.wait_until(lambda: server.stats()["requests"] >= 41, 60, "all 41 jobs to ask the stalled server")
+        loaded: list[tuple] = []
+        late = threading.Thread(target=lambda: loaded.append(upload(
+            client_for(served.url), write_jsonl(tmp_path / "late.jsonl", [{"instruction": "x?", "generation": "y"}]))))
+        late.start()
+        late.join(timeout=60)
+        assert loaded and "Loaded **1** pairs" in loaded[0][1], loaded
+        assert server.stats()["requests"] == 41  # every job still waiting for its reply: none ended to make room
+    finally:
+        served.stop()
 
 
 def test_the_histograms_green_bars_add_up_to_the_kept_count_the_summary_gives(fake_process, tmp_path):

@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from backtrans.review_table import Filters, Workbench, measure_bins, page, threshold_counts
 
@@ -79,3 +80,33 @@ def test_keep_by_expected_score_falls_back_to_the_score():
     assert list(decided["final_keep"]) == [False, False, False, True, False, False]
     bench.set_result(2, {"score": 3, "status": "ok", "expected_score": None})  # no logprobs: the score counts
     assert bool(bench.with_decisions(2.9).loc[2, "final_keep"])
+
+
+def test_results_written_while_a_page_holds_the_table_keep_their_types_and_leave_the_page_as_it_was():
+    bench = Workbench.from_frame(pd.DataFrame({"instruction": ["q0", "q1", "q2"], "generation": ["a0", "a1", "a2"],
+                                               "extra": pd.array([1, None, 3], dtype="Int64")}))
+    shown = bench.with_decisions(4)  # what a running job's page holds between two looks
+    version = bench.version
+    bench.set_result(2, {"score": 5, "expected_score": 4.6, "reason": "clear", "status": "ok"})
+    bench.set_result(0, {"score": None, "reason": None, "status": "parse_error", "error": "no score"})
+    bench.set_cell(1, "human_note", "check me")
+    frame = bench.frame
+    assert str(frame["score"].dtype) == "Float64" and frame["score"].iloc[0] is pd.NA
+    assert frame["score"].iloc[2] == 5 and frame["expected_score"].iloc[2] == 4.6
+    assert frame["reason"].dtype == object and frame["reason"].iloc[2] == "clear" and frame["reason"].iloc[0] is None
+    assert list(frame["status"]) == ["parse_error", None, "ok"] and frame["human_note"].iloc[1] == "check me"
+    assert str(frame["extra"].dtype) == "Int64" and list(frame.columns[:3]) == ["row", "instruction", "generation"]
+    assert shown["score"].isna().all() and shown["status"].isna().all()  # the page's copy saw none of it
+    assert bench.changed_since(version, [2]) and bench.changed_since(version, [0]) and bench.changed_since(version, [1])
+    assert not bench.changed_since(bench.version, [0, 1, 2])
+
+
+def test_a_result_for_a_row_the_table_lacks_is_an_error_and_rows_are_found_by_label():
+    bench = Workbench.from_frame(pd.DataFrame({"instruction": ["q0"], "generation": ["a0"]}))
+    bench.set_result(5, {"score": 3})
+    with pytest.raises(KeyError, match="5"):
+        len(bench.frame)
+    two = Workbench.from_frame(pd.DataFrame({"instruction": ["q", "r"], "generation": ["a", "b"]}))
+    labelled = Workbench(_frame=two.frame.set_axis([10, 20]))
+    labelled.set_result(20, {"score": 2, "status": "ok"})
+    assert list(labelled.frame["score"].fillna(0)) == [0, 2]
