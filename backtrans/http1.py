@@ -69,6 +69,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.received = False
+        self.done = False  # this exchange's reply is complete: any message after it is bytes nobody asked for
 
     # asyncio.Protocol
 
@@ -93,13 +94,19 @@ class _Connection(asyncio.Protocol):
         reply = self._reply
         if reply is None or reply.done():
             return
-        if self.status and "content-length" not in self.headers and "transfer-encoding" not in self.headers:
-            self._finish(keep_alive=False)  # a reply whose end is the end of the connection
+        if exc is None and self.status and "content-length" not in self.headers \
+                and "transfer-encoding" not in self.headers:
+            self._finish(keep_alive=False)  # a reply whose end is the end of the connection (a reset is no end)
             return
         self._fail(ClosedEarly("the server closed the connection" + (f" ({exc})" if exc else ""),
                                sent_nothing=not self.received))
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.done:  # more bytes after the reply, in the same read: the connection is out of step
+            self.close()
+        self.headers, self.body = {}, []  # never into the dict of a reply already returned
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -111,7 +118,11 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self._finish(keep_alive=self.parser.should_keep_alive())
+        if 100 <= self.status < 200 and self.status != 101:
+            self.status = 0  # an interim reply (100 Continue, 103 Early Hints): the final one follows
+            return
+        if not self.done:
+            self._finish(keep_alive=self.parser.should_keep_alive())
 
     # the exchange
 
@@ -128,6 +139,7 @@ class _Connection(asyncio.Protocol):
             self._cancel_timer()
 
     def _finish(self, keep_alive: bool) -> None:
+        self.done = True
         self._cancel_timer()
         self.exchanges += 1
         body = b"".join(self.body)
@@ -136,7 +148,7 @@ class _Connection(asyncio.Protocol):
             if encoding in ("gzip", "x-gzip"):
                 body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
             elif encoding == "deflate":
-                body = zlib.decompress(body)
+                body = _inflate(body)
         except zlib.error as exc:
             self._fail(ConnectionError(f"a reply that does not decompress ({encoding}): {exc}"))
             self.close()
@@ -262,6 +274,14 @@ class Pool:
             connection.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _inflate(body: bytes) -> bytes:
+    """`deflate` as the RFC says (zlib-wrapped), or raw, as some servers send it."""
+    try:
+        return zlib.decompress(body)
+    except zlib.error:
+        return zlib.decompress(body, -zlib.MAX_WBITS)
 
 
 @functools.cache
