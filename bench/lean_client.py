@@ -5,7 +5,8 @@
 
 Each configuration is the whole `python -m backtrans score ...` command against tests/fakellm.py in its own
 process, from a fresh store, with environment switches that the code reads for exactly this purpose:
-BACKTRANS_HTTP (openai-httpx | openai-aiohttp | lean), BACKTRANS_ORJSON, BACKTRANS_GROUP_COMMIT, BACKTRANS_UVLOOP.
+BACKTRANS_HTTP (openai-httpx | openai-aiohttp | lean), BACKTRANS_ORJSON, BACKTRANS_GROUP_COMMIT, BACKTRANS_UVLOOP,
+BACKTRANS_HTTP1.
 Ideal = ceil(N / C) x latency. Reported: processing (the CLI's own summary), wall (the whole command, start-up
 included), the share of ideal by wall time, the CLI's CPU per row, and the machine's other load.
 Start-up alone (interpreter and imports, no rows) is measured separately with `python -c "import backtrans.cli"`.
@@ -36,8 +37,11 @@ LADDER = [
                   "BACKTRANS_UVLOOP": "0"}),
     ("+ group commits", {"BACKTRANS_HTTP": "lean", "BACKTRANS_ORJSON": "1", "BACKTRANS_GROUP_COMMIT": "1",
                          "BACKTRANS_UVLOOP": "0"}),
-    ("+ uvloop (the default now)", {"BACKTRANS_HTTP": "lean", "BACKTRANS_ORJSON": "1",
-                                    "BACKTRANS_GROUP_COMMIT": "1", "BACKTRANS_UVLOOP": "1"}),
+    ("+ uvloop", {"BACKTRANS_HTTP": "lean", "BACKTRANS_ORJSON": "1", "BACKTRANS_GROUP_COMMIT": "1",
+                  "BACKTRANS_UVLOOP": "1", "BACKTRANS_HTTP1": "0"}),
+    ("+ its own HTTP/1.1 instead of aiohttp (the default now)",
+     {"BACKTRANS_HTTP": "lean", "BACKTRANS_ORJSON": "1", "BACKTRANS_GROUP_COMMIT": "1", "BACKTRANS_UVLOOP": "1",
+      "BACKTRANS_HTTP1": "1"}),
 ]
 
 
