@@ -139,6 +139,24 @@ def pool_for(url, headers=None, **kwargs):
     return http1.Pool(url, headers or {}, **kwargs)
 
 
+def posts(handler, *bodies, path="/v1/chat", host=None, **pool_kwargs):
+    """Each body POSTed in turn, on one pool, to a server running `handler`: (the replies, the pool, the server).
+
+    It returns once the pool is closed and the server stopped, so what they recorded is complete. A post that
+    raises still closes both, and its exception comes out of here for the test's `pytest.raises`.
+    """
+
+    async def scenario():
+        async with Server(handler) as server:
+            pool = pool_for(server.url(path, host), **pool_kwargs)
+            try:
+                return [await pool.post(body) for body in bodies], pool, server
+            finally:
+                await pool.close()
+
+    return run(scenario)
+
+
 # --- keep-alive, the request, the reply ------------------------------------------------------------------------
 
 
@@ -148,39 +166,27 @@ def test_sequential_posts_reuse_one_connection_and_send_host_length_headers_and_
             await conn.send(reply(b"answer to " + request.body,
                                   headers=["X-Mixed-Case: Value", "X-Dup: first", "X-Dup: last"]))
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url("/v1/chat/completions?api-version=1"),
-                            {"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
-            bodies = [b'{"n": %d}' % i for i in range(4)]
-            replies = [await pool.post(body) for body in bodies]
-            await pool.close()
-        assert [r.status for r in replies] == [200] * 4
-        assert [r.body for r in replies] == [b"answer to " + body for body in bodies]
-        assert replies[0].headers["x-mixed-case"] == "Value" and replies[0].headers["x-dup"] == "last"
-        assert all(name == name.lower() for name in replies[0].headers)
-        assert pool.connections_made == 1 and server.accepted == 1
-        assert [r.body for r in server.requests] == bodies and {r.number for r in server.requests} == {1}
-        first = server.requests[0]
-        assert first.line == "POST /v1/chat/completions?api-version=1 HTTP/1.1"
-        assert f"Host: 127.0.0.1:{server.port}" in first.head
-        assert "Authorization: Bearer sk-test" in first.head and "Content-Type: application/json" in first.head
-        assert f"Content-Length: {len(bodies[0])}" in first.head
-        assert "accept-encoding" not in first.headers  # it asks for no compression (and decodes it if it comes)
-
-    run(scenario)
+    bodies = [b'{"n": %d}' % i for i in range(4)]
+    replies, pool, server = posts(handler, *bodies, path="/v1/chat/completions?api-version=1",
+                                  headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"})
+    assert [r.status for r in replies] == [200] * 4
+    assert [r.body for r in replies] == [b"answer to " + body for body in bodies]
+    assert replies[0].headers["x-mixed-case"] == "Value" and replies[0].headers["x-dup"] == "last"
+    assert all(name == name.lower() for name in replies[0].headers)
+    assert pool.connections_made == 1 and server.accepted == 1
+    assert [r.body for r in server.requests] == bodies and {r.number for r in server.requests} == {1}
+    first = server.requests[0]
+    assert first.line == "POST /v1/chat/completions?api-version=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}" in first.head
+    assert "Authorization: Bearer sk-test" in first.head and "Content-Type: application/json" in first.head
+    assert f"Content-Length: {len(bodies[0])}" in first.head
+    assert "accept-encoding" not in first.headers  # it asks for no compression (and decodes it if it comes)
 
 
 def test_an_empty_body_is_sent_with_content_length_zero_and_the_path_defaults_to_slash():
-    async def scenario():
-        async with Server(keep_alive()) as server:
-            pool = pool_for(f"http://127.0.0.1:{server.port}")
-            answer = await pool.post(b"")
-            await pool.close()
-        assert answer.body == b"echo:"
-        assert server.requests[0].line == "POST / HTTP/1.1" and "Content-Length: 0" in server.requests[0].head
-
-    run(scenario)
+    (answer,), _, server = posts(keep_alive(), b"", path="")  # the URL is just http://127.0.0.1:port
+    assert answer.body == b"echo:"
+    assert server.requests[0].line == "POST / HTTP/1.1" and "Content-Length: 0" in server.requests[0].head
 
 
 def test_error_and_redirect_statuses_are_returned_as_replies_not_raised_or_followed():
@@ -191,17 +197,10 @@ def test_error_and_redirect_statuses_are_returned_as_replies_not_raised_or_follo
         await conn.send(reply(b"", "302 Found", ["Location: http://127.0.0.1:9/elsewhere"]))
         await conn.until_client_ends()
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            busy = await pool.post(b"a")
-            moved = await pool.post(b"b")
-            await pool.close()
-        assert (busy.status, busy.body, busy.headers["retry-after"]) == (503, b'{"error": "busy"}', "2")
-        assert (moved.status, moved.headers["location"]) == (302, "http://127.0.0.1:9/elsewhere")
-        assert server.accepted == 1 and len(server.requests) == 2
-
-    run(scenario)
+    (busy, moved), _, server = posts(handler, b"a", b"b")
+    assert (busy.status, busy.body, busy.headers["retry-after"]) == (503, b'{"error": "busy"}', "2")
+    assert (moved.status, moved.headers["location"]) == (302, "http://127.0.0.1:9/elsewhere")
+    assert server.accepted == 1 and len(server.requests) == 2
 
 
 def test_a_reply_trickled_a_few_bytes_at_a_time_is_parsed_and_each_gap_is_within_read_timeout():
@@ -273,17 +272,10 @@ def test_a_reused_connection_the_server_closed_while_idle_is_retried_once_on_a_n
             return  # closed without one byte of a reply
         await keep_alive()(conn)
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            await pool.post(b"one")
-            answer = await pool.post(b"two")
-            await pool.close()
-        assert answer.body == b"echo:two" and answer.headers["x-connection"] == "2"
-        assert pool.connections_made == 2 and server.accepted == 2
-        assert [(r.number, r.body) for r in server.requests] == [(1, b"one"), (1, b"two"), (2, b"two")]
-
-    run(scenario)
+    (_, answer), pool, server = posts(handler, b"one", b"two")
+    assert answer.body == b"echo:two" and answer.headers["x-connection"] == "2"
+    assert pool.connections_made == 2 and server.accepted == 2
+    assert [(r.number, r.body) for r in server.requests] == [(1, b"one"), (1, b"two"), (2, b"two")]
 
 
 def test_a_connection_the_server_closed_while_idle_is_set_aside_and_the_next_post_opens_another():
@@ -442,14 +434,8 @@ def test_a_server_that_stops_part_way_through_a_reply_raises_timeout_error():
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome")
         await conn.until_client_ends()
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url(), read_timeout=0.3)
-            with pytest.raises(TimeoutError, match="no reply within"):
-                await pool.post(b"x")
-            await pool.close()
-
-    run(scenario)
+    with pytest.raises(TimeoutError, match="no reply within"):  # the match tells it from run()'s own timeout
+        posts(handler, b"x", read_timeout=0.3)
 
 
 def test_cancelling_a_post_in_flight_closes_its_connection_and_the_next_post_uses_a_fresh_one():
@@ -490,16 +476,9 @@ def test_a_chunked_reply_is_reassembled_and_its_connection_reused():
                 await asyncio.sleep(0.01)
             await conn.send(b"0\r\n\r\n")
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            first = await pool.post(b"a")
-            second = await pool.post(b"b")
-            await pool.close()
-        assert first.body == second.body == b"hello, chunked world"
-        assert pool.connections_made == 1 and server.accepted == 1
-
-    run(scenario)
+    (first, second), pool, server = posts(handler, b"a", b"b")
+    assert first.body == second.body == b"hello, chunked world"
+    assert pool.connections_made == 1 and server.accepted == 1
 
 
 def test_a_close_delimited_reply_is_read_to_the_end_and_its_connection_not_reused():
@@ -509,16 +488,9 @@ def test_a_close_delimited_reply_is_read_to_the_end_and_its_connection_not_reuse
         await asyncio.sleep(0.02)
         await conn.send(b"part two")
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            first = await pool.post(b"a")
-            second = await pool.post(b"b")
-            await pool.close()
-        assert first.body == second.body == b"part one, part two" and first.status == 200
-        assert pool.connections_made == 2 and server.accepted == 2
-
-    run(scenario)
+    (first, second), pool, server = posts(handler, b"a", b"b")
+    assert first.body == second.body == b"part one, part two" and first.status == 200
+    assert pool.connections_made == 2 and server.accepted == 2
 
 
 def test_a_connection_close_reply_with_a_length_is_not_reused():
@@ -527,15 +499,8 @@ def test_a_connection_close_reply_with_a_length_is_not_reused():
         await conn.send(reply(b"bye", headers=["Connection: close"]))
         await conn.until_client_ends()
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            await pool.post(b"a")
-            await pool.post(b"b")
-            await pool.close()
-        assert pool.connections_made == 2 and server.ended[0] == 1
-
-    run(scenario)
+    _, pool, server = posts(handler, b"a", b"b")
+    assert pool.connections_made == 2 and server.ended[0] == 1
 
 
 @pytest.mark.parametrize("encoding, encode", [
@@ -551,15 +516,8 @@ def test_a_compressed_reply_is_decoded(encoding, encode):
         while await conn.request() is not None:
             await conn.send(reply(encode(original), headers=[f"Content-Encoding: {encoding}"]))
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            answer = await pool.post(b"a")
-            again = await pool.post(b"b")
-            await pool.close()
-        assert answer.body == again.body == original and pool.connections_made == 1
-
-    run(scenario)
+    (answer, again), pool, _ = posts(handler, b"a", b"b")
+    assert answer.body == again.body == original and pool.connections_made == 1
 
 
 def test_a_reply_that_does_not_decompress_is_a_connection_error():
@@ -591,30 +549,17 @@ def test_the_answers_hook_decides_the_addresses_and_the_host_header_keeps_the_ur
         asked.append((host, port))
         return [(socket.AF_INET, "127.0.0.1")]
 
-    async def scenario():
-        async with Server(keep_alive()) as server:
-            pool = pool_for(server.url(host="api.backtrans-test.invalid"), answers=answers)
-            await pool.post(b"a")
-            await pool.post(b"b")
-            await pool.close()
-        assert asked == [("api.backtrans-test.invalid", server.port)]  # once: the connection was reused
-        assert f"Host: api.backtrans-test.invalid:{server.port}" in server.requests[0].head
-
-    run(scenario)
+    _, _, server = posts(keep_alive(), b"a", b"b", host="api.backtrans-test.invalid", answers=answers)
+    assert asked == [("api.backtrans-test.invalid", server.port)]  # once: the connection was reused
+    assert f"Host: api.backtrans-test.invalid:{server.port}" in server.requests[0].head
 
 
 def test_the_answers_are_tried_in_order_until_one_connects():
     async def answers(host, port):
         return [(socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.1")]  # nothing listens on .2
 
-    async def scenario():
-        async with Server(keep_alive()) as server:
-            pool = pool_for(server.url(host="localhost"), answers=answers)
-            answer = await pool.post(b"a")
-            await pool.close()
-        assert answer.body == b"echo:a" and pool.connections_made == 1
-
-    run(scenario)
+    (answer,), pool, _ = posts(keep_alive(), b"a", host="localhost", answers=answers)
+    assert answer.body == b"echo:a" and pool.connections_made == 1
 
 
 def test_no_address_from_the_answers_hook_is_a_connection_error_and_nothing_is_dialled():
@@ -806,14 +751,8 @@ def test_an_interim_1xx_response_is_skipped_for_the_final_one(interim):
         await conn.send(interim + reply(b"final", headers=["X-Final: yes"]))
         await conn.until_client_ends()
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            answer = await pool.post(b"a")
-            await pool.close()
-        assert (answer.status, answer.body, answer.headers.get("x-final")) == (200, b"final", "yes")
-
-    run(scenario)
+    (answer,), _, _ = posts(handler, b"a")
+    assert (answer.status, answer.body, answer.headers.get("x-final")) == (200, b"final", "yes")
 
 
 def test_a_close_delimited_reply_cut_off_by_a_reset_is_an_error_not_a_short_body():
@@ -823,15 +762,9 @@ def test_a_close_delimited_reply_cut_off_by_a_reset_is_an_error_not_a_short_body
         await asyncio.sleep(0.1)  # the client has read that much
         conn.reset()
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            with pytest.raises(http1.ClosedEarly) as failure:
-                await pool.post(b"a")
-            await pool.close()
-        assert not failure.value.sent_nothing
-
-    run(scenario)
+    with pytest.raises(http1.ClosedEarly) as failure:
+        posts(handler, b"a")
+    assert not failure.value.sent_nothing
 
 
 def test_bytes_past_the_end_of_a_reply_in_the_same_read_do_not_break_the_next_request():
@@ -846,16 +779,9 @@ def test_bytes_past_the_end_of_a_reply_in_the_same_read_do_not_break_the_next_re
                 answered.append(b"second")
                 await conn.send(reply(b"second"))
 
-    async def scenario():
-        async with Server(handler) as server:
-            pool = pool_for(server.url())
-            first = await pool.post(b"a")
-            second = await pool.post(b"b")
-            await pool.close()
-        assert (first.body, second.body) == (b"ok", b"second") and "x-stray" not in first.headers
-        assert pool.connections_made == 2  # the connection that got out of step was not used again
-
-    run(scenario)
+    (first, second), pool, _ = posts(handler, b"a", b"b")
+    assert (first.body, second.body) == (b"ok", b"second") and "x-stray" not in first.headers
+    assert pool.connections_made == 2  # the connection that got out of step was not used again
 
 
 # --- through the LLM client ---------------------------------------------------------------------------------------
